@@ -1,0 +1,174 @@
+"""Load HuggingFace BLIP-2 weights into ``qformer_lite``, through an explicit key map.
+
+HF splits what LAVIS calls the Q-Former across a model: ``query_tokens`` and the text
+``embeddings`` sit at the top level, the layers under ``qformer.``. The table below says where
+each HF weight goes; any HF Q-Former weight it does not place, and any ``qformer_lite``
+weight left unfilled, is an error that lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import QFormerConfig
+from .pretraining import QFormerPretraining
+from .qformer import QFormer
+
+# (HF name, qformer_lite name) as regular expressions; \1 carries the layer index.
+QFORMER_KEY_MAP = [
+    (r"query_tokens", r"query_tokens.weight"),
+    (r"embeddings\.word_embeddings\.weight", r"embeddings.word_embeddings.weight"),
+    (r"embeddings\.position_embeddings\.weight", r"embeddings.position_embeddings.weight"),
+    (r"qformer\.layernorm\.(weight|bias)", r"layernorm.\1"),
+    (r"qformer\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)",
+     r"layers.\1.self_attention.attention.\2.\3"),
+    (r"qformer\.encoder\.layer\.(\d+)\.attention\.output\.(dense|LayerNorm)\.(weight|bias)",
+     r"layers.\1.self_attention.output.\2.\3"),
+    (r"qformer\.encoder\.layer\.(\d+)\.crossattention\.attention\.(query|key|value)\.(weight|bias)",
+     r"layers.\1.cross_attention.attention.\2.\3"),
+    (r"qformer\.encoder\.layer\.(\d+)\.crossattention\.output\.(dense|LayerNorm)\.(weight|bias)",
+     r"layers.\1.cross_attention.output.\2.\3"),
+    (r"qformer\.encoder\.layer\.(\d+)\.intermediate_query\.dense\.(weight|bias)", r"layers.\1.query_ffn.intermediate.\2"),
+    (r"qformer\.encoder\.layer\.(\d+)\.output_query\.(dense|LayerNorm)\.(weight|bias)",
+     r"layers.\1.query_ffn.output.\2.\3"),
+    (r"qformer\.encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"layers.\1.text_ffn.intermediate.\2"),
+    (r"qformer\.encoder\.layer\.(\d+)\.output\.(dense|LayerNorm)\.(weight|bias)", r"layers.\1.text_ffn.output.\2.\3"),
+]
+HEAD_KEY_MAP = [
+    (r"vision_projection\.(weight|bias)", r"vision_proj.\1"),
+    (r"text_projection\.(weight|bias)", r"text_proj.\1"),
+    (r"itm_head\.(weight|bias)", r"itm_head.\1"),
+]
+# Stage-1 parameters that HF does not port (LAVIS's Qformer.cls and temp): kept at their init.
+NOT_IN_HF = ("temp", "lm_head.")
+# HF weights that are not the Q-Former's: the vision tower, the LLM and its projection.
+OTHER_PARTS = ("vision_model.", "language_model.", "language_projection.")
+HEAD_PARTS = ("vision_projection.", "text_projection.", "itm_head.")
+
+SUPPORTED = ("Blip2Model", "Blip2ForConditionalGeneration", "Blip2ForImageTextRetrieval")
+
+
+def map_key(name: str, table=QFORMER_KEY_MAP) -> str | None:
+    """The ``qformer_lite`` name of an HF weight, or None if the table has no entry for it."""
+    for pattern, target in table:
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, target, name)
+    return None
+
+
+def config_from_hf(hf_config) -> QFormerConfig:
+    """A ``QFormerConfig`` from an HF ``Blip2Config`` (its ``qformer_config`` plus the top level)."""
+    q = hf_config.qformer_config
+    return QFormerConfig(
+        hidden_size=q.hidden_size,
+        num_hidden_layers=q.num_hidden_layers,
+        num_attention_heads=q.num_attention_heads,
+        intermediate_size=q.intermediate_size,
+        hidden_act=q.hidden_act,
+        hidden_dropout_prob=float(q.hidden_dropout_prob),
+        attention_probs_dropout_prob=float(q.attention_probs_dropout_prob),
+        layer_norm_eps=q.layer_norm_eps,
+        max_position_embeddings=q.max_position_embeddings,
+        vocab_size=q.vocab_size,
+        cross_attention_frequency=q.cross_attention_frequency,
+        encoder_hidden_size=q.encoder_hidden_size,
+        initializer_range=q.initializer_range,
+        num_query_tokens=hf_config.num_query_tokens,
+        image_text_hidden_size=hf_config.image_text_hidden_size,
+        use_qformer_text_input=bool(q.use_qformer_text_input),
+        pad_token_id=q.pad_token_id if q.pad_token_id is not None else 0,
+    )
+
+
+def load_hf_model(model_or_path, classes=SUPPORTED):
+    """Return an HF BLIP-2 model: the one given, or one loaded from a local folder or a hub id."""
+    import transformers
+
+    if isinstance(model_or_path, nn.Module):
+        name = type(model_or_path).__name__
+        if name not in classes:
+            raise ValueError(f"expected one of {', '.join(classes)}, got a {name}")
+        return model_or_path
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        raise ValueError(f"expected an HF BLIP-2 model, a model id or a folder, got {type(model_or_path).__name__}")
+    path = Path(model_or_path)
+    text = str(model_or_path)
+    looks_local = path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1  # hub ids: "org/name"
+    if looks_local and not path.is_dir():
+        raise FileNotFoundError(f"no model folder at '{text}'")
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(text)
+    except OSError as err:
+        where = f"the folder '{text}'" if looks_local else f"the HuggingFace hub id '{text}' (offline, or no such model?)"
+        raise OSError(f"could not read a model config from {where}: {err}") from None
+    arch = (getattr(hf_config, "architectures", None) or ["Blip2Model"])[0]
+    if getattr(hf_config, "model_type", None) != "blip-2":
+        raise ValueError(f"'{text}' is a {getattr(hf_config, 'model_type', '?')!r} model, not a BLIP-2 one")
+    if arch not in classes:
+        raise ValueError(f"'{text}' holds a {arch}; expected one of {', '.join(classes)}")
+    return getattr(transformers, arch).from_pretrained(text, dtype=torch.float32)
+
+
+def _convert(hf_state: dict, target: nn.Module, tables, prefix_skip=()) -> None:
+    """Copy the mapped weights into ``target``; raise listing unplaced and unfilled weights."""
+    own = target.state_dict()
+    filled, unexpected = set(), []
+    for hf_name, tensor in hf_state.items():
+        if hf_name.startswith(OTHER_PARTS + tuple(prefix_skip)):
+            continue
+        lite_name = next((n for table in tables if (n := map_key(hf_name, table)) is not None), None)
+        if lite_name is None or lite_name not in own:
+            unexpected.append(hf_name if lite_name is None else f"{hf_name} -> {lite_name}")
+            continue
+        if own[lite_name].shape != tensor.shape:
+            raise ValueError(
+                f"shape mismatch for {hf_name} -> {lite_name}: HF {tuple(tensor.shape)}, "
+                f"qformer_lite {tuple(own[lite_name].shape)}"
+            )
+        own[lite_name] = tensor.detach().to(own[lite_name].dtype)
+        filled.add(lite_name)
+    missing = [n for n in own if n not in filled and not n.startswith(NOT_IN_HF)]
+    if unexpected or missing:
+        raise ValueError(
+            "the HF checkpoint does not fit qformer_lite's key map:\n"
+            f"  unexpected HF weights ({len(unexpected)}): {unexpected}\n"
+            f"  qformer_lite weights left unfilled ({len(missing)}): {missing}"
+        )
+    target.load_state_dict(own)
+
+
+def qformer_from_hf(model_or_path) -> QFormer:
+    """A ``QFormer`` holding the Q-Former of an HF ``Blip2Model``, ``Blip2ForConditionalGeneration``
+    or ``Blip2ForImageTextRetrieval`` (or of a model id / local folder holding one).
+
+    Stage-2 checkpoints have no text embeddings and no text FFN (BLIP-2 deleted them); the
+    result is then a query-only ``QFormer`` that refuses ``input_ids``.
+    """
+    hf = load_hf_model(model_or_path)
+    state = hf.state_dict()
+    config = config_from_hf(hf.config)
+    has_text = "embeddings.word_embeddings.weight" in state
+    text_ffn_keys = [k for k in state if re.fullmatch(r"qformer\.encoder\.layer\.\d+\.(intermediate|output)\..*", k)]
+    # A Blip2Model can carry the text FFN without word embeddings: no usable text path then.
+    skip = () if has_text else tuple(text_ffn_keys)
+    config.use_qformer_text_input = has_text
+    model = QFormer(config)
+    _convert(state, model, [QFORMER_KEY_MAP], prefix_skip=skip + HEAD_PARTS)
+    return model.eval()
+
+
+def pretraining_from_hf(model_or_path) -> QFormerPretraining:
+    """A ``QFormerPretraining`` from an HF ``Blip2ForImageTextRetrieval`` (the ITM/ITC checkpoint
+    ``Salesforce/blip2-itm-vit-g``). HF has no ``temp`` and no LM head: they keep their init."""
+    hf = load_hf_model(model_or_path, classes=("Blip2ForImageTextRetrieval",))
+    config = config_from_hf(hf.config)
+    config.use_qformer_text_input = True
+    model = QFormerPretraining(config)
+    prefixed = [(p, "qformer." + t) for p, t in QFORMER_KEY_MAP]
+    _convert(hf.state_dict(), model, [prefixed, HEAD_KEY_MAP])
+    return model.eval()
