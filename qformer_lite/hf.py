@@ -172,3 +172,42 @@ def pretraining_from_hf(model_or_path) -> QFormerPretraining:
     prefixed = [(p, "qformer." + t) for p, t in QFORMER_KEY_MAP]
     _convert(hf.state_dict(), model, [prefixed, HEAD_KEY_MAP])
     return model.eval()
+
+
+def tiny_hf_blip2_config(
+    *, hidden_size=64, num_layers=3, heads=4, freq=2, queries=8, vision_width=48, vocab=120,
+    text_input=True, max_positions=40, image_size=32, patch=8, image_text_hidden_size=24,
+):
+    """A small HF ``Blip2Config`` (T5 language model) for parity checks without a download."""
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, T5Config
+
+    vision = Blip2VisionConfig(
+        hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=2,
+        num_attention_heads=4, image_size=image_size, patch_size=patch,
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=heads,
+        intermediate_size=2 * hidden_size, cross_attention_frequency=freq, vocab_size=vocab,
+        max_position_embeddings=max_positions, use_qformer_text_input=text_input,
+    )
+    text = T5Config(
+        vocab_size=vocab, d_model=40, d_kv=10, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+    )
+    return Blip2Config(
+        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+        num_query_tokens=queries, image_text_hidden_size=image_text_hidden_size,
+    )
+
+
+def randomize_weights_(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
+    """Give every parameter a distinct random value (LayerNorm weights around 1), so that a
+    swapped or forgotten weight shows in the outputs. HF initialises the query tokens to
+    zeros and LayerNorms to (1, 0), which would hide such mistakes."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * std
+            is_norm_weight = ("layernorm" in name.lower() or "layer_norm" in name.lower()) and name.endswith("weight")
+            p.copy_(1.0 + noise if is_norm_weight else noise)
+    return model
