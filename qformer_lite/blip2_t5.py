@@ -1,0 +1,117 @@
+"""Stage 2: frozen image encoder -> Q-Former (queries only) -> projection -> frozen T5 encoder.
+
+The projected queries are a soft prompt: 32 vectors in T5's input-embedding space, put in
+front of the text prompt's embeddings and read by the T5 *encoder*. The decoder only writes
+the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .qformer import QFormer
+
+
+@dataclass
+class Blip2T5Output:
+    loss: torch.Tensor | None  # mean cross-entropy over label tokens (-100 ignored)
+    logits: torch.Tensor  # (B, T_out, V)
+    query_output: torch.Tensor  # (B, Q, D) Q-Former outputs
+    language_model_inputs: torch.Tensor  # (B, Q, d_model) the projected queries
+
+
+class Blip2T5(nn.Module):
+    """BLIP-2 with an encoder-decoder language model (T5 / Flan-T5).
+
+    ``vision_encoder`` maps pixels to image features (B, N, C), its final LayerNorm
+    (LAVIS's ``ln_vision``) included; it may return a tensor or an object with
+    ``last_hidden_state``. Only the Q-Former and the projection are trained: the vision
+    encoder and the language model are frozen and kept in eval mode.
+    """
+
+    def __init__(self, vision_encoder: nn.Module, qformer: QFormer, language_model: nn.Module):
+        super().__init__()
+        if qformer.embeddings is not None or any(layer.text_ffn is not None for layer in qformer.layers):
+            raise ValueError("Blip2T5 uses a query-only Q-Former (use_qformer_text_input=False), as stage 2 does")
+        if not getattr(language_model.config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"Blip2T5 needs an encoder-decoder language model (T5), got {type(language_model).__name__}"
+            )
+        self.vision_encoder = vision_encoder
+        self.qformer = qformer
+        self.language_projection = nn.Linear(qformer.config.hidden_size, language_model.config.d_model)
+        self.language_model = language_model
+        for module in (self.vision_encoder, self.language_model):
+            module.requires_grad_(False)
+            module.eval()
+
+    def train(self, mode: bool = True) -> "Blip2T5":
+        super().train(mode)
+        self.vision_encoder.eval()  # frozen parts never switch on dropout
+        self.language_model.eval()
+        return self
+
+    @property
+    def num_query_tokens(self) -> int:
+        return self.qformer.config.num_query_tokens
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.vision_encoder(pixel_values)
+        return getattr(out, "last_hidden_state", out)  # (B, N, C)
+
+    def image_prefix(self, pixel_values: torch.Tensor, output_attentions: bool = False):
+        """The soft prompt: Q-Former query outputs (B, Q, D) projected to (B, Q, d_model)."""
+        image_embeds = self.encode_image(pixel_values)  # (B, N, C)
+        out = self.qformer(image_embeds, output_attentions=output_attentions)  # the Q-Former runs in fp32
+        prefix = self.language_projection(out.query_output.to(self.language_projection.weight.dtype))
+        return prefix, out  # (B, Q, d_model)
+
+    def _encoder_inputs(self, prefix, input_ids, attention_mask):
+        embed = self.language_model.get_input_embeddings()
+        batch = prefix.shape[0]
+        if input_ids is None:  # an empty prompt: T5's tokenizer turns "" into "</s>"
+            eos = self.language_model.config.eos_token_id
+            input_ids = torch.full((batch, 1), eos, dtype=torch.long, device=prefix.device)
+        if input_ids.dim() != 2 or input_ids.shape[0] != batch:
+            raise ValueError(f"input_ids must have shape ({batch}, T), got {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        prompt = embed(input_ids)  # (B, T, d_model)
+        inputs_embeds = torch.cat([prefix.to(prompt.dtype), prompt], dim=1)  # (B, Q + T, d_model), queries first
+        mask = torch.cat([torch.ones(prefix.shape[:2], dtype=attention_mask.dtype, device=prefix.device),
+                          attention_mask], dim=1)  # (B, Q + T)
+        return inputs_embeds, mask
+
+    def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, decoder_input_ids=None):
+        """``input_ids``: the prompt alone (no image placeholders); ``labels``: the target ids
+        with padding at -100. T5 shifts the labels right to make its decoder inputs. Without
+        labels or ``decoder_input_ids``, the logits are those of the decoder's first step."""
+        prefix, q_out = self.image_prefix(pixel_values)
+        inputs_embeds, mask = self._encoder_inputs(prefix, input_ids, attention_mask)
+        if labels is None and decoder_input_ids is None:
+            start = self.language_model.config.decoder_start_token_id
+            decoder_input_ids = torch.full((prefix.shape[0], 1), start, device=prefix.device, dtype=torch.long)
+        out = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=mask, labels=labels, decoder_input_ids=decoder_input_ids
+        )
+        return Blip2T5Output(out.loss, out.logits, q_out.query_output, prefix)
+
+    @torch.no_grad()
+    def generate(self, pixel_values, input_ids=None, attention_mask=None, **generate_kwargs) -> torch.Tensor:
+        """Token ids written by T5's decoder (starting with its decoder start token).
+
+        Defaults are LAVIS's: 5 beams, at most 30 new tokens; pass ``num_beams=1`` for greedy.
+        """
+        generate_kwargs.setdefault("num_beams", 5)
+        generate_kwargs.setdefault("max_new_tokens", 30)
+        prefix, _ = self.image_prefix(pixel_values)
+        inputs_embeds, mask = self._encoder_inputs(prefix, input_ids, attention_mask)
+        return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, **generate_kwargs)
