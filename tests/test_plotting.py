@@ -1,0 +1,118 @@
+"""The book's figures: each helper draws what its chapter says it draws."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display in the test process; notebooks keep their inline backend
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from qformer_lite import QFormerConfig, plotting  # noqa: E402
+from qformer_lite.masks import build_attention_mask  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def texts(fig: Figure) -> str:
+    return " ".join(t.get_text() for ax in fig.axes for t in ax.texts + [ax.title] + ax.get_xticklabels()
+                    + ax.get_yticklabels())
+
+
+def test_vit_tokens():
+    assert plotting.vit_tokens(224) == 257
+    assert plotting.vit_tokens(364) == 677
+    assert plotting.vit_tokens(224, cls_token=False) == 256
+
+
+def test_token_budget_labels_the_counts():
+    fig = plotting.token_budget()
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert "257" in texts(fig) and "677" in texts(fig) and "32" in texts(fig)
+
+
+def test_value_histogram_and_permutation_figure():
+    assert isinstance(plotting.value_histogram(torch.randn(1000) * 0.02, std=0.02), Figure)
+    perm = torch.tensor([2, 0, 1])
+    fig = plotting.permutation_figure(torch.eye(3)[perm], perm)
+    assert len(fig.axes) == 2  # heatmap and colour bar
+
+
+def test_softmax_saturation_and_heatmaps():
+    assert isinstance(plotting.softmax_saturation([16, 64], [0.3, 0.3], [0.6, 0.9]), Figure)
+    probs = torch.rand(5, 4, 6).softmax(-1)
+    fig = plotting.attention_heatmaps(probs, titles=[f"head {i}" for i in range(5)], cols=3, row_split=2)
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 5
+    assert plotting.attention_heatmaps(probs[0]).axes  # a single (L_q, L_k) map works too
+
+
+def test_synthetic_image_is_a_deterministic_rgb_scene():
+    img = plotting.synthetic_image()
+    assert img.shape == (224, 224, 3) and img.dtype == np.uint8
+    assert np.array_equal(img, plotting.synthetic_image())
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 8  # several regions, not a flat colour
+
+
+def test_patch_grid_and_patch_attention():
+    img = plotting.synthetic_image()
+    fig = plotting.patch_grid(img)
+    assert "16×16 = 256 patches" in fig.axes[0].get_title()
+    attention = torch.rand(3, 257).softmax(-1)
+    fig = plotting.patch_attention(img, attention, titles=["a", "b", "c"], cols=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 3 and all("[CLS] weight" in t for t in titles)
+    fig = plotting.patch_attention(img, torch.rand(256), has_cls=False)
+    assert fig.axes[0].get_title() == "query 0"
+
+
+def test_stack_diagram_draws_six_cross_attention_boxes_for_blip2():
+    cfg = QFormerConfig.blip2()
+    fig = plotting.stack_diagram(cfg)
+    filled = [p for p in fig.axes[0].patches if p.get_fill()]
+    assert len(filled) == 12 * 3 + 6  # self-attention, two FFNs everywhere; cross-attention in 6
+    fig = plotting.stack_diagram(QFormerConfig.blip2(use_qformer_text_input=False))
+    assert len([p for p in fig.axes[0].patches if p.get_fill()]) == 12 * 2 + 6
+
+
+def test_parameter_bars_totals():
+    rows = [("a", 2_000_000), ("b", 3_000_000)]
+    fig = plotting.parameter_bars(rows, {"only a": ["a"], "both": ["a", "b"]})
+    assert "2.0M" in texts(fig) and "5.0M" in texts(fig)
+
+
+def test_mask_grid_labels_queries_text_and_padding():
+    text_mask = torch.tensor([[1, 1, 0]])
+    mask = build_attention_mask("itg", 2, text_mask)
+    fig = plotting.mask_grid(mask[0], 2, text_mask[0], title="ITG")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["q0", "q1", "t0", "t1", "pad"]
+    words = texts(fig)
+    assert "queries" in words and "text" in words
+    image = fig.axes[0].images[0].get_array()
+    assert np.array_equal(np.asarray(image).astype(bool), mask[0].numpy())
+
+
+def test_mask_modes_and_change_map():
+    text_mask = torch.tensor([[1, 1, 1, 0]])
+    masks = {m: build_attention_mask(m, 3, text_mask)[0] for m in ("itc", "itm", "itg")}
+    fig = plotting.mask_modes(masks, 3, text_mask[0])
+    assert len(fig.axes) == 3
+    fig = plotting.change_map({"ITM": torch.rand(7), "ITG": torch.zeros(7)}, num_queries=3, changed_position=5)
+    assert len(fig.axes) == 2
+
+
+def test_mask_explorer_builds_a_widget():
+    widgets = pytest.importorskip("ipywidgets")
+    explorer = plotting.mask_explorer()
+    assert isinstance(explorer, widgets.interactive)
+    names = {w.description for w in explorer.children if hasattr(w, "description")}
+    assert {"mode", "Q", "T", "padding"} <= names
