@@ -23,6 +23,21 @@ class Blip2T5Output:
     language_model_inputs: torch.Tensor  # (B, Q, d_model) the projected queries
 
 
+FP16_T5_MESSAGE = (
+    "T5 / Flan-T5 in float16 overflows (its feed-forward activations exceed float16's range) and "
+    "writes garbage captions; run the language model in bfloat16 or float32, or keep its "
+    "feed-forward output layers (`wo`) in float32 as HuggingFace does for float16 "
+    "(qformer_lite.hf.blip2_t5_from_hf(..., dtype=torch.float16) does that)"
+)
+
+
+def check_language_model_precision(language_model: nn.Module) -> None:
+    """Refuse a T5 whose feed-forward output layers are float16 (see ``FP16_T5_MESSAGE``)."""
+    half = [n for n, p in language_model.named_parameters() if n.endswith(".wo.weight") and p.dtype == torch.float16]
+    if half:
+        raise ValueError(f"{FP16_T5_MESSAGE}; float16 found in {half[0]} and {len(half) - 1} more")
+
+
 class Blip2T5(nn.Module):
     """BLIP-2 with an encoder-decoder language model (T5 / Flan-T5).
 
@@ -40,6 +55,7 @@ class Blip2T5(nn.Module):
             raise ValueError(
                 f"Blip2T5 needs an encoder-decoder language model (T5), got {type(language_model).__name__}"
             )
+        check_language_model_precision(language_model)
         self.vision_encoder = vision_encoder
         self.qformer = qformer
         self.language_projection = nn.Linear(qformer.config.hidden_size, language_model.config.d_model)
@@ -62,9 +78,16 @@ class Blip2T5(nn.Module):
         out = self.vision_encoder(pixel_values)
         return getattr(out, "last_hidden_state", out)  # (B, N, C)
 
-    def image_prefix(self, pixel_values: torch.Tensor, output_attentions: bool = False):
-        """The soft prompt: Q-Former query outputs (B, Q, D) projected to (B, Q, d_model)."""
-        image_embeds = self.encode_image(pixel_values)  # (B, N, C)
+    def image_prefix(self, pixel_values: torch.Tensor | None, output_attentions: bool = False, image_embeds=None):
+        """The soft prompt: Q-Former query outputs (B, Q, D) projected to (B, Q, d_model).
+
+        ``image_embeds`` (B, N, C), the frozen encoder's output computed beforehand, may be
+        given instead of ``pixel_values``: the encoder is frozen, so its features can be cached.
+        """
+        if (pixel_values is None) == (image_embeds is None):
+            raise ValueError("give either pixel_values (B, 3, H, W) or image_embeds (B, N, C), not both or neither")
+        if image_embeds is None:
+            image_embeds = self.encode_image(pixel_values)  # (B, N, C)
         out = self.qformer(image_embeds, output_attentions=output_attentions)  # the Q-Former runs in fp32
         prefix = self.language_projection(out.query_output.to(self.language_projection.weight.dtype))
         return prefix, out  # (B, Q, d_model)
@@ -90,11 +113,15 @@ class Blip2T5(nn.Module):
                           attention_mask], dim=1)  # (B, Q + T)
         return inputs_embeds, mask
 
-    def forward(self, pixel_values, input_ids=None, attention_mask=None, labels=None, decoder_input_ids=None):
+    def forward(
+        self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, decoder_input_ids=None,
+        image_embeds=None,
+    ):
         """``input_ids``: the prompt alone (no image placeholders); ``labels``: the target ids
         with padding at -100. T5 shifts the labels right to make its decoder inputs. Without
-        labels or ``decoder_input_ids``, the logits are those of the decoder's first step."""
-        prefix, q_out = self.image_prefix(pixel_values)
+        labels or ``decoder_input_ids``, the logits are those of the decoder's first step.
+        ``image_embeds`` may replace ``pixel_values`` (see ``image_prefix``)."""
+        prefix, q_out = self.image_prefix(pixel_values, image_embeds=image_embeds)
         inputs_embeds, mask = self._encoder_inputs(prefix, input_ids, attention_mask)
         if labels is None and decoder_input_ids is None:
             start = self.language_model.config.decoder_start_token_id
@@ -105,13 +132,16 @@ class Blip2T5(nn.Module):
         return Blip2T5Output(out.loss, out.logits, q_out.query_output, prefix)
 
     @torch.no_grad()
-    def generate(self, pixel_values, input_ids=None, attention_mask=None, **generate_kwargs) -> torch.Tensor:
+    def generate(
+        self, pixel_values=None, input_ids=None, attention_mask=None, image_embeds=None, **generate_kwargs
+    ) -> torch.Tensor:
         """Token ids written by T5's decoder (starting with its decoder start token).
 
         Defaults are LAVIS's: 5 beams, at most 30 new tokens; pass ``num_beams=1`` for greedy.
+        ``image_embeds`` may replace ``pixel_values`` (see ``image_prefix``).
         """
         generate_kwargs.setdefault("num_beams", 5)
         generate_kwargs.setdefault("max_new_tokens", 30)
-        prefix, _ = self.image_prefix(pixel_values)
+        prefix, _ = self.image_prefix(pixel_values, image_embeds=image_embeds)
         inputs_embeds, mask = self._encoder_inputs(prefix, input_ids, attention_mask)
         return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, **generate_kwargs)

@@ -85,14 +85,18 @@ def config_from_hf(hf_config) -> QFormerConfig:
     )
 
 
-def load_hf_model(model_or_path, classes=SUPPORTED):
-    """Return an HF BLIP-2 model: the one given, or one loaded from a local folder or a hub id."""
+def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_config=None):
+    """Return an HF BLIP-2 model: the one given, or one loaded from a local folder or a hub id.
+
+    ``check_config(config)`` may refuse a checkpoint before its weights are read."""
     import transformers
 
     if isinstance(model_or_path, nn.Module):
         name = type(model_or_path).__name__
         if name not in classes:
             raise ValueError(f"expected one of {', '.join(classes)}, got a {name}")
+        if check_config is not None:
+            check_config(model_or_path.config)
         return model_or_path
     if not isinstance(model_or_path, (str, os.PathLike)):
         raise ValueError(f"expected an HF BLIP-2 model, a model id or a folder, got {type(model_or_path).__name__}")
@@ -111,7 +115,9 @@ def load_hf_model(model_or_path, classes=SUPPORTED):
         raise ValueError(f"'{text}' is a {getattr(hf_config, 'model_type', '?')!r} model, not a BLIP-2 one")
     if arch not in classes:
         raise ValueError(f"'{text}' holds a {arch}; expected one of {', '.join(classes)}")
-    return getattr(transformers, arch).from_pretrained(text, dtype=torch.float32)
+    if check_config is not None:
+        check_config(hf_config)
+    return getattr(transformers, arch).from_pretrained(text, dtype=dtype)
 
 
 def _convert(hf_state: dict, target: nn.Module, tables, prefix_skip=()) -> None:
@@ -172,6 +178,46 @@ def pretraining_from_hf(model_or_path) -> QFormerPretraining:
     prefixed = [(p, "qformer." + t) for p, t in QFORMER_KEY_MAP]
     _convert(hf.state_dict(), model, [prefixed, HEAD_KEY_MAP])
     return model.eval()
+
+
+def _require_t5(hf_config) -> None:
+    text = hf_config.text_config
+    if getattr(hf_config, "use_decoder_only_language_model", False) or not text.is_encoder_decoder:
+        raise ValueError(
+            f"this BLIP-2 checkpoint uses a decoder-only language model ({text.model_type}); "
+            "qformer_lite's Blip2T5 takes encoder-decoder (T5 / Flan-T5) checkpoints: OPT is not supported yet"
+        )
+
+
+def blip2_t5_from_hf(model_or_path, dtype: torch.dtype | None = None, device=None):
+    """A ``Blip2T5`` from an HF ``Blip2ForConditionalGeneration`` with a T5 language model (or a
+    model id such as ``Salesforce/blip2-flan-t5-xl``, or a local folder holding one).
+
+    HF's vision encoder and T5 are reused as they are (frozen); the Q-Former and the query
+    tokens are converted into ``qformer_lite`` and kept in float32, as LAVIS and HF keep them;
+    the projection is copied. ``dtype`` sets the vision encoder, projection and T5: bfloat16 or
+    float32 for T5; float16 keeps T5's feed-forward output layers in float32, as HF does (a
+    T4 has no fast bfloat16). Loading from a folder or an id reads the weights in ``dtype``.
+    """
+    from .blip2_t5 import Blip2T5
+
+    load_dtype = dtype if dtype is not None else torch.float32
+    hf = load_hf_model(model_or_path, ("Blip2ForConditionalGeneration",), load_dtype, check_config=_require_t5)
+    qformer = qformer_from_hf(hf).float()
+    if dtype is not None:
+        for part in (hf.vision_model, hf.language_projection, hf.language_model):
+            part.to(dtype)
+        if dtype == torch.float16:
+            for name, module in hf.language_model.named_modules():
+                if name.endswith(".wo"):
+                    module.float()
+    model = Blip2T5(hf.vision_model, qformer, hf.language_model)
+    model.language_projection = hf.language_projection  # same weights and dtype as HF's
+    model.requires_grad_(False)
+    for part in (model.qformer, model.language_projection):
+        part.requires_grad_(True)
+    model.eval()
+    return model.to(device) if device is not None else model
 
 
 def tiny_hf_blip2_config(

@@ -1,0 +1,57 @@
+"""Captions and short answers from a ``Blip2T5``, batched, with LAVIS's generation settings."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .blip2_t5 import Blip2T5
+
+CAPTION_DEFAULTS = dict(num_beams=5, max_new_tokens=30, min_length=1)  # LAVIS blip2_t5.generate
+VQA_PROMPT = "Question: {} Short answer:"
+VQA_DEFAULTS = dict(num_beams=5, max_new_tokens=10, min_length=1, length_penalty=-1.0)  # LAVIS predict_answers
+
+
+class Captioner:
+    """Pairs a ``Blip2T5`` with its tokenizer and image preprocessing.
+
+    ``image_processor(images) -> pixel_values (B, 3, H, W)``; ``tokenizer`` is a HuggingFace
+    tokenizer (T5's pads on the right, which the T5 encoder's mask handles).
+    """
+
+    def __init__(self, model: Blip2T5, tokenizer, image_processor: Callable[[Sequence], torch.Tensor]):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.qformer.parameters()).device
+
+    def pixel_values(self, images) -> torch.Tensor:
+        pixels = self.image_processor(images)
+        dtype = next(self.model.vision_encoder.parameters()).dtype
+        return pixels.to(self.device, dtype)
+
+    def encode_prompts(self, prompts: Sequence[str]):
+        """Token ids and mask of a batch of prompts of different lengths, padded on the right."""
+        enc = self.tokenizer(list(prompts), padding="longest", return_tensors="pt")
+        return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+
+    def generate(self, images, prompts: Sequence[str], **generate_kwargs) -> list[str]:
+        if len(prompts) != len(images):
+            raise ValueError(f"one prompt per image expected: {len(images)} images, {len(prompts)} prompts")
+        ids, mask = self.encode_prompts(prompts)
+        out = self.model.generate(self.pixel_values(images), ids, mask, **generate_kwargs)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def caption(self, images, prompt: str | Sequence[str] = "", **generate_kwargs) -> list[str]:
+        """Captions; ``prompt`` "" for the pretrained models, "a photo of" for the COCO-tuned one."""
+        prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+        return self.generate(images, prompts, **{**CAPTION_DEFAULTS, **generate_kwargs})
+
+    def answer(self, images, questions: Sequence[str], **generate_kwargs) -> list[str]:
+        """Short answers, with LAVIS's zero-shot VQA prompt and settings."""
+        prompts = [VQA_PROMPT.format(q) for q in questions]
+        return self.generate(images, prompts, **{**VQA_DEFAULTS, **generate_kwargs})
