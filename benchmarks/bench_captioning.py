@@ -1,0 +1,181 @@
+"""Batched captioning at BLIP-2 size: qformer_lite's Blip2T5 against HF's Blip2ForConditionalGeneration.
+
+Builds the full architecture with random weights (no download): EVA ViT-g dimensions (1408
+wide, 39 layers, 257 tokens at 224 px), the BLIP-2 Q-Former (768 wide, 12 layers, 32
+queries) and Flan-T5-XL dimensions (d_model 2048, 24 + 24 layers, gated GELU, 32128 words).
+``Blip2T5`` is made from the HF model by ``blip2_t5_from_hf``, so both share the vision encoder
+and T5 weights and differ only in the Q-Former code. The Q-Former runs in float32 in both,
+the rest in ``--dtype``.
+
+Generation uses LAVIS's defaults (5 beams, an empty prompt) and writes exactly
+``--new-tokens`` tokens (min = max) so both variants do the same work. Each repeat times
+both variants in turn (interleaved); figures are medians, the ratio is lite / HF images per
+second in the same run, beside HF timed against itself (``hf-again``), which shows how far
+the ratio moves by noise alone. Peak memory is torch's peak allocation during a call, above what the
+shared weights already hold.
+
+    python benchmarks/bench_captioning.py --device cuda            # bf16, BLIP-2 size
+    python benchmarks/bench_captioning.py --smoke                  # CPU, a small model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+IMAGE_TOKEN = 32100  # any id of the vocabulary: HF's placeholders for the 32 queries
+
+
+def full_size_config():
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, T5Config
+
+    t5 = T5Config(  # google/flan-t5-xl, with LAVIS's / HF's converter's dense_act_fn="gelu"
+        vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
+        num_heads=32, feed_forward_proj="gated-gelu", dense_act_fn="gelu", tie_word_embeddings=False,
+        pad_token_id=0, eos_token_id=1, bos_token_id=1, decoder_start_token_id=0,
+    )
+    cfg = Blip2Config(
+        vision_config=Blip2VisionConfig().to_dict(),  # HF's defaults are EVA ViT-g/14's
+        qformer_config=Blip2QFormerConfig().to_dict(),  # and BLIP-2's Q-Former
+        text_config=t5.to_dict(), num_query_tokens=32,
+    )
+    cfg.image_token_id = IMAGE_TOKEN
+    return cfg
+
+
+def smoke_config():
+    from qformer_lite.hf import tiny_hf_blip2_config
+
+    cfg = tiny_hf_blip2_config(text_input=False)
+    cfg.image_token_id = 119
+    return cfg
+
+
+def build(cfg, device, dtype, seed=0):
+    from transformers import Blip2ForConditionalGeneration
+
+    from qformer_lite.hf import blip2_t5_from_hf
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        hf = Blip2ForConditionalGeneration(cfg)
+    with torch.no_grad():
+        hf.query_tokens.normal_(0.0, 0.02)  # HF starts them at zero; make them matter
+    hf.to(dtype)
+    hf.qformer.float()  # as from_pretrained keeps it (_keep_in_fp32_modules)
+    if dtype == torch.float16:  # and T5's feed-forward output layers, which overflow in fp16
+        for name, module in hf.language_model.named_modules():
+            if name.endswith(".wo"):
+                module.float()
+    hf.query_tokens.data = hf.query_tokens.data.float()
+    hf.eval()
+    lite = blip2_t5_from_hf(hf, device=device)  # shares the vision encoder and T5 with hf
+    return hf, lite
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--beams", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=12)
+    p.add_argument("--smoke", action="store_true", help="a small model on the CPU, to check the script runs")
+    p.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.device, args.batch, args.repeats, args.new_tokens = "cpu", 4, 3, 8
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
+
+    cfg = smoke_config() if args.smoke else full_size_config()
+    t0 = time.perf_counter()
+    hf, lite = build(cfg, args.device, dtype)
+    build_s = time.perf_counter() - t0
+    size = cfg.vision_config.image_size
+    q = cfg.num_query_tokens
+    pixels = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    pixels = pixels.to(args.device, dtype)
+    gen = dict(num_beams=args.beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+
+    def run_hf():
+        return hf.generate(pixel_values=pixels, **gen)  # HF puts q placeholders + </s> in front itself
+
+    def run_lite():
+        return lite.generate(pixels, **gen)
+
+    def run_qformer_hf():
+        with torch.no_grad():
+            return hf.get_image_features(pixels).pooler_output
+
+    def run_qformer_lite():
+        with torch.no_grad():
+            return lite.image_prefix(pixels)[0]
+
+    variants = {"hf": run_hf, "lite": run_lite, "hf-again": run_hf}  # hf-again: the noise floor
+    prefixes = {"hf": run_qformer_hf, "lite": run_qformer_lite, "hf-again": run_qformer_hf}
+    outputs = {v: variants[v]() for v in ("hf", "lite")}  # warm-up, and the outputs to compare
+    for f in prefixes.values():
+        f()
+    same = (outputs["hf"] == outputs["lite"]).all(dim=1).float().mean().item()
+    prefix_diff = (run_qformer_hf().float() - run_qformer_lite().float()).abs().max().item()
+
+    times = {v: [] for v in variants}
+    prefix_times = {v: [] for v in variants}
+    peaks = {}
+    order = list(variants)
+    for r in range(args.repeats):
+        for v in order[r % 3:] + order[: r % 3]:  # rotate, so no variant always runs first
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            sync(args.device)
+            start = time.perf_counter()
+            variants[v]()
+            sync(args.device)
+            times[v].append(time.perf_counter() - start)
+            if args.device == "cuda":
+                peaks[v] = max(peaks.get(v, 0), (torch.cuda.max_memory_allocated() - base) / 2**20)
+            start = time.perf_counter()
+            prefixes[v]()
+            sync(args.device)
+            prefix_times[v].append(time.perf_counter() - start)
+
+    ips = {v: args.batch / statistics.median(t) for v, t in times.items()}
+    pairwise = {v: statistics.median(h / t for h, t in zip(times["hf"], times[v])) for v in variants}
+    result = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."), "batch": args.batch, "beams": args.beams,
+        "new_tokens": args.new_tokens, "repeats": args.repeats, "build_seconds": build_s,
+        "images_per_second": ips, "ratio_lite_over_hf": ips["lite"] / ips["hf"],
+        "ratio_hf_again_over_hf": ips["hf-again"] / ips["hf"],
+        "median_pairwise_speed_ratio_vs_hf": pairwise,
+        "median_prefix_seconds": {v: statistics.median(t) for v, t in prefix_times.items()},
+        "peak_memory_above_weights_mib": peaks or None,
+        "weights_mib": (torch.cuda.memory_allocated() / 2**20) if args.device == "cuda" else None,
+        "max_allocated_total_mib": (torch.cuda.max_memory_allocated() / 2**20) if args.device == "cuda" else None,
+        "identical_token_ids_fraction": same, "soft_prompt_max_abs_diff": prefix_diff,
+        "params": {"vision": sum(x.numel() for x in hf.vision_model.parameters()),
+                   "qformer_and_queries": sum(x.numel() for x in lite.qformer.parameters()),
+                   "language_model": sum(x.numel() for x in hf.language_model.parameters())},
+    }
+    print(json.dumps(result, indent=2))
+    print(f"\nimages/s  hf {ips['hf']:.2f}  lite {ips['lite']:.2f}  hf-again {ips['hf-again']:.2f}; "
+          f"ratio lite/hf {result['ratio_lite_over_hf']:.3f} (hf-again/hf {result['ratio_hf_again_over_hf']:.3f}); "
+          f"identical ids {same:.0%}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
