@@ -1,7 +1,8 @@
 """Checkers for the book's exercises.
 
 Each ``check_*`` runs the learner's answer against ``qformer_lite`` on small random inputs,
-prints one clear line (a pass, or what is wrong and a hint), and returns True or False.
+prints one clear line (a pass, or what is wrong and a hint), and returns a ``CheckResult``
+that is true when the answer passed.
 They never raise: an exception inside the learner's code is reported as a hint.
 """
 
@@ -54,27 +55,44 @@ ANSWERS: dict[str, tuple[Any, str]] = {
 }
 
 
-def _say(ok: bool, message: str) -> bool:
-    print(f"{PASS}: {message}" if ok else f"{FAIL}: {message}")
-    return ok
+class CheckResult:
+    """What a checker returns: true when the answer passed. It shows nothing in a notebook
+    (the checker has already printed its line)."""
+
+    def __init__(self, passed: bool, message: str):
+        self.passed = passed
+        self.message = message
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:
+        return f"CheckResult(passed={self.passed})"
+
+    def _ipython_display_(self) -> None:
+        pass
 
 
-def _raised(name: str, err: BaseException) -> bool:
+def _say(ok: bool, message: str) -> CheckResult:
+    line = f"{PASS}: {message}" if ok else f"{FAIL}: {message}"
+    print(line)
+    return CheckResult(ok, line)
+
+
+def _raised(name: str, err: BaseException) -> CheckResult:
     last = traceback.extract_tb(err.__traceback__)[-1]
     return _say(False, f"{name} raised {type(err).__name__}: {err} (line {last.lineno}). Hint: run it on "
                        f"a small input and print the shapes step by step.")
 
 
 def _call(name: str, fn: Callable, *args):
-    """Run the learner's function; return (ok, result)."""
+    """Run the learner's function; return (failure or None, result)."""
     try:
-        return True, fn(*args)
+        return None, fn(*args)
     except NotImplementedError:
-        _say(False, f"{name} is not written yet (it raises NotImplementedError).")
-        return False, None
+        return _say(False, f"{name} is not written yet (it raises NotImplementedError)."), None
     except Exception as err:  # any mistake in the learner's code becomes a hint
-        _raised(name, err)
-        return False, None
+        return _raised(name, err), None
 
 
 def _first(result):
@@ -82,17 +100,17 @@ def _first(result):
     return result[0] if isinstance(result, (tuple, list)) else result
 
 
-def _same_shape(name: str, got, expected: torch.Tensor, what: str) -> bool:
+def _same_shape(name: str, got, expected: torch.Tensor, what: str):
     if got is None:
         return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
     if not isinstance(got, torch.Tensor):
         return _say(False, f"{name} returned a {type(got).__name__}; expected a tensor of shape {what}.")
     if tuple(got.shape) != tuple(expected.shape):
         return _say(False, f"{name} returned shape {tuple(got.shape)}; expected {tuple(expected.shape)} = {what}.")
-    return True
+    return None
 
 
-def check_answer(key: str, value: Any) -> bool:
+def check_answer(key: str, value: Any) -> CheckResult:
     """Compare a short answer (a number, a bool or a word) with the book's."""
     if key not in ANSWERS:
         return _say(False, f"unknown exercise key {key!r}; known: {', '.join(sorted(ANSWERS))}")
@@ -115,14 +133,14 @@ def check_answer(key: str, value: Any) -> bool:
 
 # --- chapter 1 -------------------------------------------------------------------------------
 
-def check_queries(cls: Callable[[int, int], nn.Module]) -> bool:
+def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
     """``cls(num_queries, hidden_size)`` must build a module whose only parameter is a (1, Q, D)
     tensor drawn from N(0, 0.02), and whose ``forward(batch)`` returns it expanded to (B, Q, D)."""
     name = getattr(cls, "__name__", "your class")
     torch.manual_seed(0)
-    ok, module = _call(name, cls, 32, 768)
-    if not ok:
-        return False
+    failed, module = _call(name, cls, 32, 768)
+    if failed is not None:
+        return failed
     if not isinstance(module, nn.Module):
         return _say(False, f"{name}(32, 768) is a {type(module).__name__}, not an nn.Module.")
     params = list(module.parameters())
@@ -137,9 +155,11 @@ def check_queries(cls: Callable[[int, int], nn.Module]) -> bool:
     if not (0.018 < std < 0.022 and abs(mean) < 0.002):
         return _say(False, f"the queries have mean {mean:.3f} and std {std:.3f}; LAVIS draws them from "
                            f"N(0, 0.02). Hint: nn.init.normal_(weight, mean=0.0, std=0.02).")
-    ok, out = _call(f"{name}.forward", module, 3)
-    if not ok or not _same_shape(f"{name}(3)", out, torch.empty(3, 32, 768), "(B, Q, D)"):
-        return False
+    failed, out = _call(f"{name}.forward", module, 3)
+    if failed is None:
+        failed = _same_shape(f"{name}(3)", out, torch.empty(3, 32, 768), "(B, Q, D)")
+    if failed is not None:
+        return failed
     if not all(torch.equal(out[b], weight[0]) for b in range(3)):
         return _say(False, "every image in the batch must get the same queries: out[b] == weight[0].")
     out.sum().backward()
@@ -151,7 +171,7 @@ def check_queries(cls: Callable[[int, int], nn.Module]) -> bool:
                       + (" as a view (no copy)." if shares else "; tip: .expand() would avoid a copy."))
 
 
-def check_equivariance_test(fn: Callable) -> bool:
+def check_equivariance_test(fn: Callable) -> CheckResult:
     """``fn(f, x, perm)`` must return True when ``f(x[:, perm])`` equals ``f(x)[:, perm]``."""
     torch.manual_seed(0)
     x = torch.randn(2, 6, 8)
@@ -171,9 +191,9 @@ def check_equivariance_test(fn: Callable) -> bool:
     cases = [(mixing, True, "self-attention without positions"), (pooled, True, "a per-token map plus a mean"),
              (with_positions, False, "self-attention after adding position embeddings")]
     for f, expected, label in cases:
-        ok, got = _call(getattr(fn, "__name__", "your function"), fn, f, x, perm)
-        if not ok:
-            return False
+        failed, got = _call(getattr(fn, "__name__", "your function"), fn, f, x, perm)
+        if failed is not None:
+            return failed
         if not isinstance(got, (bool, torch.Tensor)) or bool(got) != expected:
             return _say(False, f"for {label} your test says {got!r}; it should say {expected}. "
                                f"Hint: compare f(x[:, perm]) with f(x)[:, perm] using torch.allclose.")
@@ -182,7 +202,7 @@ def check_equivariance_test(fn: Callable) -> bool:
 
 # --- chapter 2 -------------------------------------------------------------------------------
 
-def check_attention(fn: Callable) -> bool:
+def check_attention(fn: Callable) -> CheckResult:
     """``fn(q, k, v, mask=None)`` must equal softmax(q kᵀ / √d) v, with a bool mask (True = may attend).
     It may return the output alone or (output, probabilities)."""
     name = getattr(fn, "__name__", "your function")
@@ -191,12 +211,13 @@ def check_attention(fn: Callable) -> bool:
     mask = torch.rand(2, 1, 5, 7) > 0.4
     mask[..., 0] = True  # every row sees at least one key
     expected, _ = attention_from_scratch(q, k, v)
-    ok, got = _call(name, fn, q, k, v)
-    if not ok:
-        return False
+    failed, got = _call(name, fn, q, k, v)
+    if failed is not None:
+        return failed
     got = _first(got)
-    if not _same_shape(name, got, expected, "(B, H, L_q, d)"):
-        return False
+    failed = _same_shape(name, got, expected, "(B, H, L_q, d)")
+    if failed is not None:
+        return failed
     if not torch.allclose(got, expected, atol=1e-5):
         unscaled = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
         wrong_dim = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-2) @ v
@@ -207,13 +228,14 @@ def check_attention(fn: Callable) -> bool:
                                "distribution over the keys: softmax(dim=-1).")
         return _say(False, f"the output differs from softmax(q kᵀ / √d) v by up to "
                            f"{float((got - expected).abs().max()):.3g}.")
-    ok, got = _call(name, fn, q, k, v, mask)
-    if not ok:
-        return False
+    failed, got = _call(name, fn, q, k, v, mask)
+    if failed is not None:
+        return failed
     got = _first(got)
     expected_masked, _ = attention_from_scratch(q, k, v, mask)
-    if not _same_shape(name, got, expected_masked, "(B, H, L_q, d)"):
-        return False
+    failed = _same_shape(name, got, expected_masked, "(B, H, L_q, d)")
+    if failed is not None:
+        return failed
     if not torch.allclose(got, expected_masked, atol=1e-5):
         inverted, _ = attention_from_scratch(q, k, v, ~mask | (torch.arange(7) == 0))
         if torch.allclose(got, expected, atol=1e-5):
@@ -226,23 +248,27 @@ def check_attention(fn: Callable) -> bool:
     return _say(True, "scaled dot-product attention, with and without a mask.")
 
 
-def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> bool:
+def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> CheckResult:
     """``split(x, h)``: (B, L, h·d) -> (B, h, L, d); ``merge(x)``: back to (B, L, h·d)."""
     torch.manual_seed(0)
     x = torch.randn(2, 5, 16)
     expected = rearrange(x, "b l (h d) -> b h l d", h=num_heads)
-    ok, got = _call(getattr(split, "__name__", "split"), split, x, num_heads)
-    if not ok or not _same_shape("split", got, expected, "(B, H, L, d)"):
-        return False
+    failed, got = _call(getattr(split, "__name__", "split"), split, x, num_heads)
+    if failed is None:
+        failed = _same_shape("split", got, expected, "(B, H, L, d)")
+    if failed is not None:
+        return failed
     if not torch.equal(got, expected):
         if torch.equal(got, rearrange(x, "b l (d h) -> b h l d", h=num_heads)):
             return _say(False, "the heads are interleaved. Hint: head h owns the contiguous slice "
                                "x[..., h*d:(h+1)*d], so the pattern is '(h d)', not '(d h)'.")
         return _say(False, "split puts the wrong numbers in the heads. Hint: "
                            "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).")
-    ok, back = _call(getattr(merge, "__name__", "merge"), merge, expected)
-    if not ok or not _same_shape("merge", back, x, "(B, L, H·d)"):
-        return False
+    failed, back = _call(getattr(merge, "__name__", "merge"), merge, expected)
+    if failed is None:
+        failed = _same_shape("merge", back, x, "(B, L, H·d)")
+    if failed is not None:
+        return failed
     if not torch.equal(back, x):
         return _say(False, "merge(split(x)) is not x. Hint: rearrange(x, 'b h l d -> b l (h d)').")
     return _say(True, "split and merge are exact inverses, with head h owning channels h·d to (h+1)·d.")
@@ -250,7 +276,7 @@ def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> b
 
 # --- chapter 3 -------------------------------------------------------------------------------
 
-def check_cross_attention(fn: Callable) -> bool:
+def check_cross_attention(fn: Callable) -> CheckResult:
     """``fn(queries, image, attn)`` must compute ``attn``'s cross-attention by hand: queries
     (B, Q, D) read image tokens (B, N, C) through ``attn.query``, ``attn.key``, ``attn.value``."""
     name = getattr(fn, "__name__", "your function")
@@ -259,12 +285,13 @@ def check_cross_attention(fn: Callable) -> bool:
     queries, image = torch.randn(2, 5, 32), torch.randn(2, 9, 24)
     with torch.no_grad():
         expected, _, _ = attn(queries, image)
-        ok, got = _call(name, fn, queries, image, attn)
-    if not ok:
-        return False
+        failed, got = _call(name, fn, queries, image, attn)
+    if failed is not None:
+        return failed
     got = _first(got)
-    if not _same_shape(name, got, expected, "(B, Q, D)"):
-        return False
+    failed = _same_shape(name, got, expected, "(B, Q, D)")
+    if failed is not None:
+        return failed
     if not torch.allclose(got, expected, atol=1e-5):
         with torch.no_grad():
             q = rearrange(attn.query(queries), "b l (h d) -> b h l d", h=4)
@@ -281,14 +308,14 @@ def check_cross_attention(fn: Callable) -> bool:
 
 # --- chapter 4 -------------------------------------------------------------------------------
 
-def check_cross_layers(fn: Callable) -> bool:
+def check_cross_layers(fn: Callable) -> CheckResult:
     """``fn(num_layers, frequency)`` must list the layers that hold cross-attention."""
     name = getattr(fn, "__name__", "your function")
     for layers, freq in ((12, 2), (6, 1), (4, 3), (5, 2)):
         expected = [i for i in range(layers) if i % freq == 0]
-        ok, got = _call(name, fn, layers, freq)
-        if not ok:
-            return False
+        failed, got = _call(name, fn, layers, freq)
+        if failed is not None:
+            return failed
         if got is None:
             return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
         if list(got) != expected:
@@ -299,7 +326,7 @@ def check_cross_layers(fn: Callable) -> bool:
     return _say(True, "cross-attention in layers 0, f, 2f, ...: six of BLIP-2's twelve.")
 
 
-def check_add_norm(fn: Callable) -> bool:
+def check_add_norm(fn: Callable) -> CheckResult:
     """``fn(x, residual, dense, layer_norm)`` must be BERT's post-LN step (dropout left out)."""
     name = getattr(fn, "__name__", "your function")
     torch.manual_seed(0)
@@ -309,9 +336,11 @@ def check_add_norm(fn: Callable) -> bool:
     x, residual = torch.randn(2, 3, 16), torch.randn(2, 3, 8)
     with torch.no_grad():
         expected = norm(dense(x) + residual)
-        ok, got = _call(name, fn, x, residual, dense, norm)
-    if not ok or not _same_shape(name, got, expected, "(B, L, D)"):
-        return False
+        failed, got = _call(name, fn, x, residual, dense, norm)
+    if failed is None:
+        failed = _same_shape(name, got, expected, "(B, L, D)")
+    if failed is not None:
+        return failed
     if not torch.allclose(got, expected, atol=1e-5):
         with torch.no_grad():
             no_residual = norm(dense(x))
@@ -329,7 +358,7 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def check_query_path_params(fn: Callable) -> bool:
+def check_query_path_params(fn: Callable) -> CheckResult:
     """``fn(config)`` must count the query path: the embedding LayerNorm and, in every layer,
     self-attention, the query FFN and (where present) cross-attention. No text parts, no queries."""
     from .qformer import QFormer
@@ -341,9 +370,9 @@ def check_query_path_params(fn: Callable) -> bool:
         with torch.device("meta"):
             model = QFormer(QFormerConfig(**{**cfg.to_dict(), "use_qformer_text_input": False}))
         expected = _count(model) - _count(model.query_tokens)
-        ok, got = _call(name, fn, cfg)
-        if not ok:
-            return False
+        failed, got = _call(name, fn, cfg)
+        if failed is not None:
+            return failed
         if got != expected:
             label = "BLIP-2's config" if cfg == configs[0] else (
                 f"a config with {cfg.num_hidden_layers} layers, frequency {cfg.cross_attention_frequency}, "
@@ -367,7 +396,7 @@ def _block(i: int, j: int, q: int) -> str:
     return f"{'query' if i < q else 'text'} → {'query' if j < q else 'text'}"
 
 
-def check_mask(fn: Callable) -> bool:
+def check_mask(fn: Callable) -> CheckResult:
     """``fn(mode, num_queries, text_mask)`` must return the bool (B, Q+T, Q+T) mask of the mode
     (True = may attend), with padded text columns closed."""
     name = getattr(fn, "__name__", "your function")
@@ -376,9 +405,9 @@ def check_mask(fn: Callable) -> bool:
         for q in (3, 1):
             for text_mask in text_masks:
                 expected = build_attention_mask(mode, q, text_mask)
-                ok, got = _call(name, fn, mode, q, text_mask)
-                if not ok:
-                    return False
+                failed, got = _call(name, fn, mode, q, text_mask)
+                if failed is not None:
+                    return failed
                 if got is None:
                     return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
                 if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(expected.shape):
@@ -409,17 +438,18 @@ def check_mask(fn: Callable) -> bool:
     return _say(True, "ITC, ITM and ITG masks, with padding, equal qformer_lite.build_attention_mask.")
 
 
-def check_cached_itg_mask(fn: Callable) -> bool:
+def check_cached_itg_mask(fn: Callable) -> CheckResult:
     """``fn(num_queries, text_mask)`` must return the (B, T, Q+T) mask of LAVIS's cached ITG pass:
     only the text rows, with the cached queries as the first Q columns."""
     name = getattr(fn, "__name__", "your function")
     for q, text_mask in ((3, torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])), (2, torch.ones(1, 5, dtype=torch.long))):
         expected = build_attention_mask("itg", q, text_mask)[:, q:]
-        ok, got = _call(name, fn, q, text_mask)
-        if not ok:
-            return False
-        if not _same_shape(name, got, expected, "(B, T, Q+T): text rows only"):
-            return False
+        failed, got = _call(name, fn, q, text_mask)
+        if failed is not None:
+            return failed
+        failed = _same_shape(name, got, expected, "(B, T, Q+T): text rows only")
+        if failed is not None:
+            return failed
         if not torch.equal(got.bool(), expected):
             return _say(False, "the values differ. Hint: take the text rows of the joint ITG mask: "
                                "every text row sees all Q cached queries, then text causally, no padding.")
@@ -428,6 +458,7 @@ def check_cached_itg_mask(fn: Callable) -> bool:
 
 __all__ = [
     "ANSWERS",
+    "CheckResult",
     "check_add_norm",
     "check_answer",
     "check_attention",

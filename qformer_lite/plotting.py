@@ -68,10 +68,11 @@ def token_budget(
     patches = [vit_tokens(s, patch_size) for s in image_sizes]
     x = np.arange(len(image_sizes))
     bars = left.bar(x - 0.2, patches, 0.4, color=IMAGE_COLOR, label="all patch features + [CLS]")
-    left.bar(x + 0.2, [num_queries] * len(image_sizes), 0.4, color=QUERY_COLOR, label=f"{num_queries} queries")
-    for bar, n in zip(bars, patches):
+    query_bars = left.bar(x + 0.2, [num_queries] * len(image_sizes), 0.4, color=QUERY_COLOR,
+                          label=f"{num_queries} queries")
+    for bar in list(bars) + list(query_bars):
+        n = int(bar.get_height())
         left.text(bar.get_x() + bar.get_width() / 2, n, f"{n}", ha="center", va="bottom", fontsize=9)
-    left.text(x[0] + 0.2, num_queries, f"{num_queries}", ha="center", va="bottom", fontsize=9)
     left.set_xticks(x, labels)
     left.set_ylabel("tokens per image")
     left.set_title(f"One image (ViT patch {patch_size})")
@@ -115,12 +116,10 @@ def permutation_figure(similarity, perm, title: str = "Outputs after permuting t
     perm = [int(p) for p in perm]
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     im = ax.imshow(s, cmap="viridis", vmin=min(0.0, float(s.min())), vmax=1.0)
-    ax.scatter(perm, range(len(perm)), s=120, facecolors="none", edgecolors="white", linewidths=1.5,
-               label="perm[i]")
-    ax.set_xlabel("output j of the original order")
+    ax.scatter(perm, range(len(perm)), s=120, facecolors="none", edgecolors="white", linewidths=1.5)
+    ax.set_xlabel("output j of the original order (circles: j = perm[i])")
     ax.set_ylabel("output i after permuting")
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
     fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")
     fig.tight_layout()
     return fig
@@ -247,11 +246,14 @@ def patch_attention(
     has_cls: bool = True,
     cols: int = 4,
     suptitle: str | None = None,
+    swatches: Sequence[Sequence[Sequence[float]]] | None = None,
 ):
     """Each row of ``attention`` (M, N) drawn over the image's patch grid.
 
     With ``has_cls``, column 0 is the [CLS] token: it has no place on the grid, so its
-    weight is written in the panel's title instead.
+    weight is written in the panel's title instead. ``swatches[i]``: RGB colours (in [0, 1])
+    drawn as small squares in panel i's corner, e.g. the colour a query asks for and the
+    colour it reads.
     """
     img = _to_numpy(image)
     a = _to_numpy(attention)
@@ -272,6 +274,11 @@ def patch_attention(
         ax.imshow(img)
         ax.imshow(heat, cmap="inferno", alpha=0.6, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
                   interpolation="nearest", vmin=0.0, vmax=max(float(heat.max()), 1e-12))
+        if swatches is not None:
+            for k, rgb in enumerate(swatches[i]):
+                ax.add_patch(Rectangle((0.03 + 0.14 * k, 0.82), 0.12, 0.12, transform=ax.transAxes,
+                                       facecolor=np.clip(np.asarray(rgb, dtype=float), 0, 1),
+                                       edgecolor="white", lw=1.5))
         title = titles[i] if titles is not None else f"query {i}"
         if cls_weight is not None:
             title += f"\n[CLS] weight {cls_weight:.2f}"
@@ -314,14 +321,25 @@ def stack_diagram(config, title: str | None = None):
     return fig
 
 
+def _part_colour(name: str, index: int):
+    """The book's colour for a named part of the model (queries blue, text orange, image green)."""
+    lowered = name.lower()
+    for key, colour in (("cross", IMAGE_COLOR), ("query ffn", QUERY_COLOR), ("query token", "#aec7e8"),
+                        ("text ffn", TEXT_COLOR), ("embedding layernorm", PAD_COLOR), ("embedding", "#ffbb78"),
+                        ("self-attention", "#9467bd"), ("head", "#555555")):
+        if key in lowered:
+            return colour
+    palette = plt.get_cmap("tab20").colors
+    return palette[index % len(palette)]
+
+
 def parameter_bars(rows: Sequence[tuple[str, int]], groups: Mapping[str, Sequence[str]], title: str = ""):
     """Stacked horizontal bars: one bar per group (e.g. "query path"), made of the named rows.
 
     ``rows``: (name, count) pairs; ``groups``: bar label -> names of the rows it contains.
     """
     counts = dict(rows)
-    palette = plt.get_cmap("tab20").colors
-    colour = {name: palette[i % len(palette)] for i, (name, _) in enumerate(rows)}
+    colour = {name: _part_colour(name, i) for i, (name, _) in enumerate(rows)}
     fig, ax = plt.subplots(figsize=(9, 0.9 * len(groups) + 1.4))
     labels = list(groups)
     used = set()
@@ -389,10 +407,10 @@ def mask_grid(mask, num_queries: int, text_mask=None, ax=None, title: str | None
     ax.set_ylabel("attending (rows)", fontsize=9)
     for start, size, name, colour in ((0, q, "queries", QUERY_COLOR), (q, t, "text", TEXT_COLOR)):
         if size:
-            ax.text(start + size / 2 - 0.5, length + 0.3, name, ha="center", va="top", color=colour,
+            ax.text(start + size / 2 - 0.5, length - 0.2, name, ha="center", va="top", color=colour,
                     fontsize=9, fontweight="bold")
     if title:
-        ax.set_title(title, y=-0.08 - 0.9 / max(length, 1), fontsize=11)
+        ax.set_title(title, pad=40, fontsize=11)
     if own:
         fig.tight_layout()
     return fig
@@ -454,14 +472,22 @@ def change_map(changes: Mapping[str, object], num_queries: int, changed_position
         d = _to_numpy(delta)
         length = d.shape[0]
         colours = [QUERY_COLOR if i < num_queries else TEXT_COLOR for i in range(length)]
-        ax.bar(range(length), d, color=colours)
-        ax.axvline(changed_position, color="black", ls="--", lw=1)
+        others = np.delete(d, changed_position)
+        top = float(others.max()) * 1.3 if others.size and others.max() > 0 else 1.0
+        ax.bar(range(length), np.minimum(d, top), color=colours)
+        ax.bar([changed_position], [top], color="white", edgecolor="black", hatch="//", lw=0.8)
+        ax.text(changed_position, top, f"changed token: {d[changed_position]:.2g} ↑", ha="center", va="bottom",
+                fontsize=8)
+        zero = [i for i in range(length) if d[i] == 0]
+        if zero:
+            ax.scatter(zero, [0] * len(zero), marker="x", color="black", s=18, zorder=3, clip_on=False,
+                       label="exactly 0")
+            ax.legend(frameon=False, fontsize=8, loc="upper left")
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
         ax.spines[["top", "right"]].set_visible(False)
-        top = float(d.max())
-        ax.set_ylim(0, top * 1.15 if top > 0 else 1)
+        ax.set_ylim(0, top * 1.25)
     names = [f"q{i}" for i in range(num_queries)] + [f"t{i}" for i in range(length - num_queries)]
     axes.flat[-1].set_xticks(range(length), names, rotation=90, fontsize=8)
-    axes.flat[0].set_title(title or f"Largest change of each output after changing position {changed_position}")
+    axes.flat[0].set_title(title or "Largest change of each output after changing one text token", pad=14)
     fig.tight_layout()
     return fig

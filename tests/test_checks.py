@@ -17,7 +17,8 @@ def run(capsys, checker, *args):
     ok = checker(*args)
     out = capsys.readouterr().out
     assert out.count("\n") == 1, out  # one clear line
-    return ok, out
+    assert isinstance(ok, checks.CheckResult) and ok.message == out.strip()
+    return bool(ok), out
 
 
 # --- answers ---------------------------------------------------------------------------------
@@ -92,7 +93,7 @@ class Unwritten(nn.Module):
 ])
 def test_check_queries(capsys, cls, ok, words):
     got, out = run(capsys, checks.check_queries, cls)
-    assert got is ok and words in out
+    assert bool(got) is ok and words in out
 
 
 def test_check_equivariance_test(capsys):
@@ -151,7 +152,7 @@ def crashes(q, k, v, mask=None):
 ])
 def test_check_attention(capsys, fn, ok, words):
     got, out = run(capsys, checks.check_attention, fn)
-    assert got is ok and words in out
+    assert bool(got) is ok and words in out
 
 
 def test_check_attention_accepts_output_and_probs(capsys):
@@ -285,3 +286,9 @@ def test_check_cached_itg_mask(capsys):
     assert run(capsys, checks.check_cached_itg_mask, lambda q, m: build_attention_mask("itg", q, m)[:, q:])[0]
     ok, out = run(capsys, checks.check_cached_itg_mask, lambda q, m: build_attention_mask("itg", q, m))
     assert not ok and "text rows only" in out
+
+
+def test_a_result_shows_nothing_more_in_a_notebook(capsys):
+    result = checks.check_answer("vit_tokens_364", 677)
+    capsys.readouterr()
+    assert result and result._ipython_display_() is None and "passed=True" in repr(result)

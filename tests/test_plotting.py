@@ -70,8 +70,9 @@ def test_patch_grid_and_patch_attention():
     fig = plotting.patch_attention(img, attention, titles=["a", "b", "c"], cols=2)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 3 and all("[CLS] weight" in t for t in titles)
-    fig = plotting.patch_attention(img, torch.rand(256), has_cls=False)
+    fig = plotting.patch_attention(img, torch.rand(256), has_cls=False, swatches=[[(1, 0, 0), (0.5, 0.2, 0.1)]])
     assert fig.axes[0].get_title() == "query 0"
+    assert len(fig.axes[0].patches) == 2
 
 
 def test_stack_diagram_draws_six_cross_attention_boxes_for_blip2():
