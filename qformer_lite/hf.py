@@ -8,6 +8,7 @@ weight left unfilled, is an error that lists them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -85,7 +86,7 @@ def config_from_hf(hf_config) -> QFormerConfig:
     )
 
 
-def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_config=None):
+def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_config=None, device=None):
     """Return an HF BLIP-2 model: the one given, or one loaded from a local folder or a hub id.
 
     ``check_config(config)`` may refuse a checkpoint before its weights are read."""
@@ -117,7 +118,10 @@ def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_c
         raise ValueError(f"'{text}' holds a {arch}; expected one of {', '.join(classes)}")
     if check_config is not None:
         check_config(hf_config)
-    return getattr(transformers, arch).from_pretrained(text, dtype=dtype)
+    extra = {}
+    if device is not None and str(device) != "cpu" and importlib.util.find_spec("accelerate") is not None:
+        extra["device_map"] = str(device)  # straight onto the GPU: a Colab VM has less RAM than a T4 + the model
+    return getattr(transformers, arch).from_pretrained(text, dtype=dtype, **extra)
 
 
 def _convert(hf_state: dict, target: nn.Module, tables, prefix_skip=()) -> None:
@@ -202,7 +206,9 @@ def blip2_t5_from_hf(model_or_path, dtype: torch.dtype | None = None, device=Non
     from .blip2_t5 import Blip2T5
 
     load_dtype = dtype if dtype is not None else torch.float32
-    hf = load_hf_model(model_or_path, ("Blip2ForConditionalGeneration",), load_dtype, check_config=_require_t5)
+    hf = load_hf_model(
+        model_or_path, ("Blip2ForConditionalGeneration",), load_dtype, check_config=_require_t5, device=device
+    )
     qformer = qformer_from_hf(hf).float()
     if dtype is not None:
         for part in (hf.vision_model, hf.language_projection, hf.language_model):
