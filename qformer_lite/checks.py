@@ -1,7 +1,7 @@
 """Checkers for the book's exercises.
 
 Each ``check_*`` runs the learner's answer against ``qformer_lite`` on small random inputs,
-prints one clear line (a pass, or what is wrong and a hint), and returns a ``CheckResult``
+prints one clear message (a pass, or what is wrong and a hint), and returns a ``CheckResult``
 that is true when the answer passed.
 They never raise: an exception inside the learner's code is reported as a hint.
 """
@@ -9,6 +9,7 @@ They never raise: an exception inside the learner's code is reported as a hint.
 from __future__ import annotations
 
 import math
+import textwrap
 import traceback
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ from .masks import MODES, build_attention_mask
 
 PASS = "✓ Correct"
 FAIL = "✗ Not yet"
+WIDTH = 78  # printed lines wrap here, so that they fit a notebook or a book page
 
 # Numeric and short answers: key -> (expected, hint when wrong).
 ANSWERS: dict[str, tuple[Any, str]] = {
@@ -75,7 +77,7 @@ class CheckResult:
 
 def _say(ok: bool, message: str) -> CheckResult:
     line = f"{PASS}: {message}" if ok else f"{FAIL}: {message}"
-    print(line)
+    print(textwrap.fill(line, width=WIDTH, subsequent_indent="  ", break_on_hyphens=False))
     return CheckResult(ok, line)
 
 

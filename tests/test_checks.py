@@ -16,9 +16,10 @@ from qformer_lite.masks import build_attention_mask
 def run(capsys, checker, *args):
     ok = checker(*args)
     out = capsys.readouterr().out
-    assert out.count("\n") == 1, out  # one clear line
-    assert isinstance(ok, checks.CheckResult) and ok.message == out.strip()
-    return bool(ok), out
+    assert out.startswith((checks.PASS, checks.FAIL)), out
+    assert all(len(line) <= checks.WIDTH for line in out.splitlines()), out
+    assert isinstance(ok, checks.CheckResult) and ok.message == " ".join(out.split())
+    return bool(ok), ok.message
 
 
 # --- answers ---------------------------------------------------------------------------------

@@ -1,0 +1,266 @@
+"""Hygiene of the book: configuration, table of contents, notebooks and citations.
+
+These run in a second and catch what a strict build or a reader would otherwise find late:
+a notebook left out of the toc, committed outputs, a badge pointing at another chapter,
+Jupyter Book 2 installed by accident, a citation key with no entry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from fnmatch import fnmatch
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+PAGES = sorted((ROOT / "book").glob("*.md"))
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def toc_files(node) -> list[str]:
+    """Every ``file:`` (and the root) named anywhere in the toc."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("file", "root") and isinstance(value, str):
+                found.append(value)
+            else:
+                found.extend(toc_files(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(toc_files(item))
+    return found
+
+
+def resolve(entry: str) -> Path | None:
+    """The source file a toc entry names (the extension is optional in the toc)."""
+    base = ROOT / entry
+    if base.suffix in (".md", ".ipynb") and base.exists():
+        return base
+    for suffix in (".md", ".ipynb"):
+        if base.with_suffix(suffix).exists():
+            return base.with_suffix(suffix)
+    return None
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def executed(path: Path) -> bool:
+    """Notebooks under ``execute.exclude_patterns`` keep their outputs; the rest must not."""
+    rel = path.relative_to(ROOT).as_posix()
+    return not any(fnmatch(rel, pattern) for pattern in CONFIG["execute"].get("exclude_patterns") or [])
+
+
+def repository() -> str:
+    url = CONFIG["repository"]["url"].rstrip("/")
+    assert url.startswith("https://github.com/")
+    return url.removeprefix("https://github.com/")
+
+
+def cite_keys(text: str) -> set[str]:
+    keys = set()
+    for group in re.findall(r"\{cite(?::[a-z]+)?\}`([^`]+)`", text):
+        keys.update(k.strip() for k in group.split(","))
+    return keys
+
+
+def bib_keys() -> set[str]:
+    return set(re.findall(r"@\w+\{([^,\s]+),", (ROOT / "references.bib").read_text()))
+
+
+# --- the tool ---------------------------------------------------------------------------------
+
+def test_jupyter_book_is_version_1_and_the_tree_is_a_1x_book():
+    # Jupyter Book 2 ignores _config.yml/_toc.yml, builds nothing and exits 0.
+    assert version("jupyter-book").split(".")[0] == "1"
+    assert not (ROOT / "myst.yml").exists()
+    assert (ROOT / "_config.yml").exists() and (ROOT / "_toc.yml").exists()
+
+
+def test_config_executes_every_cpu_chapter_with_an_explicit_timeout():
+    execute = CONFIG["execute"]
+    assert execute["execute_notebooks"] == "force"
+    assert isinstance(execute["timeout"], int) and 60 <= execute["timeout"] <= 900
+    assert execute.get("allow_errors") is False
+    assert CONFIG["only_build_toc_files"] is True
+
+
+@pytest.mark.parametrize("pattern", [
+    ".venv", "_build", "tests", "qformer_lite", "README.md", ".pytest_cache", "*.egg-info", "benchmarks", "_vendor",
+])
+def test_config_excludes_what_is_not_the_book(pattern):
+    assert pattern in CONFIG["exclude_patterns"]
+
+
+def test_config_repository_colab_and_extensions():
+    assert CONFIG["repository"]["branch"] == "main"
+    assert CONFIG["repository"]["path_to_book"] == ""
+    assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert CONFIG["html"]["use_repository_button"] and CONFIG["html"]["use_issues_button"]
+    assert {"sphinx_exercise", "sphinx_proof"} <= set(CONFIG["sphinx"]["extra_extensions"])
+    assert CONFIG["bibtex_bibfiles"] == ["references.bib"]
+    extensions = set(CONFIG["parse"]["myst_enable_extensions"])
+    assert {"dollarmath", "amsmath", "colon_fence"} <= extensions
+
+
+def test_math_and_widget_scripts_are_served_by_the_book_itself():
+    sphinx = CONFIG["sphinx"]["config"]
+    assert sphinx["html_static_path"] == ["_vendor"]
+    assert (ROOT / "_vendor" / sphinx["mathjax_path"]).is_file()
+    assert (ROOT / "_vendor/mathjax/output/chtml/fonts/woff-v2").is_dir()
+    for script in sphinx["nb_ipywidgets_js"]:
+        assert (ROOT / "_vendor" / script).is_file(), script
+    # a _static/ folder would add each of its .js/.css files to every page
+    assert not (ROOT / "_static").exists()
+
+
+def test_nothing_sets_mplbackend():
+    # kernels inherit it, and plt.show() then silently draws nothing
+    for path in [ROOT / "Makefile", ROOT / "_config.yml", *(ROOT / ".ci").glob("*"), *NOTEBOOKS]:
+        if path.is_file():
+            assert "MPLBACKEND" not in path.read_text(), path
+
+
+# --- the table of contents --------------------------------------------------------------------
+
+def test_every_toc_entry_exists():
+    entries = toc_files(TOC)
+    assert TOC["format"] == "jb-book" and TOC["root"] == "book/intro"
+    missing = [entry for entry in entries if resolve(entry) is None]
+    assert not missing, f"_toc.yml names files that do not exist: {missing}"
+    assert len(entries) == len(set(entries)), "a file is listed twice in _toc.yml"
+
+
+def test_every_notebook_and_page_is_in_the_toc():
+    listed = {resolve(entry) for entry in toc_files(TOC)}
+    left_out = [p.relative_to(ROOT).as_posix() for p in NOTEBOOKS + PAGES if p not in listed]
+    assert not left_out, f"add these to _toc.yml: {left_out}"
+
+
+def test_toc_parts_have_captions():
+    assert all(part.get("caption") for part in TOC["parts"])
+
+
+# --- the notebooks ----------------------------------------------------------------------------
+
+def test_there_are_chapters():
+    names = [p.name for p in NOTEBOOKS]
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", n) for n in names), names
+    assert {f"{i:02d}" for i in range(1, 6)} <= {n[:2] for n in names}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_kernelspec_is_python3(path):
+    assert load(path)["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if executed(p)], ids=lambda p: p.name)
+def test_cpu_notebooks_are_committed_without_outputs(path):
+    nb = load(path)
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, source(cell)[:80]
+    assert "widgets" not in nb["metadata"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_badge_opens_this_notebook_on_main_in_colab(path):
+    text = "".join(source(c) for c in load(path)["cells"] if c["cell_type"] == "markdown")
+    links = re.findall(r"\(https://colab\.research\.google\.com/github/([^)\s]+)\)", text)
+    expected = f"{repository()}/blob/main/notebooks/{path.name}"
+    assert links == [expected], f"{path.name}: badge links {links}, expected [{expected}]"
+    assert BADGE_IMAGE in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_anatomy(path):
+    cells = load(path)["cells"]
+    markdown = "\n".join(source(c) for c in cells if c["cell_type"] == "markdown")
+    code = [source(c) for c in cells if c["cell_type"] == "code"]
+    assert source(cells[0]).startswith("# "), "the first cell holds the title"
+    assert "Open In Colab" in source(cells[0]), "the badge sits under the title"
+    for needed in ("**In this chapter you will**", "**Expected run time:**", "## Exercises", "## Summary",
+                   "## Reference"):
+        assert needed in markdown, f"{path.name} lacks {needed!r}"
+    assert "```{exercise}" in markdown
+    starts = re.findall(r"```\{solution-start\} (\S+)\n:class: dropdown", markdown)
+    labels = re.findall(r"```\{exercise\}[^\n]*\n:label: (\S+)", markdown)
+    assert labels and sorted(starts) == sorted(labels), "every exercise has a solution in a dropdown"
+    assert markdown.count("```{solution-end}") == len(starts)
+    assert any("checks.check_" in c for c in code), "exercises are checked with qformer_lite.checks"
+    assert cite_keys(markdown), "the chapter cites its sources"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_setup_cell_is_guarded_and_leaves_torch_alone(path):
+    code = [source(c) for c in load(path)["cells"] if c["cell_type"] == "code"]
+    setup = [c for c in code if "pip" in c]
+    assert setup, "a setup cell installs qformer_lite on Colab"
+    for cell in setup:
+        assert 'if "google.colab" in sys.modules:' in cell
+        installs = re.findall(r"\"([^\"]+)\"", cell.split('if "google.colab" in sys.modules:', 1)[1])
+        assert not any(re.match(r"torch(vision|audio)?\b", name) for name in installs), installs
+        assert "--no-deps" in cell  # installing the package itself must not pull a new torch
+    assert setup[0] == next(c for c in code), "the setup cell comes first"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_do_not_depend_on_the_working_directory_or_colab_only_tools(path):
+    for cell in load(path)["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        text = source(cell)
+        for bad in ("os.chdir", "Path.cwd()", "os.getcwd()", '"../', "'../", '"./', "'./", "myst_nb", "%cd "):
+            assert bad not in text, f"{path.name}: {bad!r} in\n{text[:200]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_fits_the_page(path):
+    # the book shows about 80 columns of code before a scroll bar
+    for cell in load(path)["cells"]:
+        if cell["cell_type"] == "code":
+            for line in source(cell).splitlines():
+                assert len(line) <= 88, f"{path.name}: {len(line)} columns: {line}"
+
+
+# --- pages and references ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("page", ["intro", "setup", "notation", "glossary", "misconceptions", "references"])
+def test_front_and_back_matter_exist(page):
+    assert (ROOT / "book" / f"{page}.md").is_file()
+
+
+def test_glossary_pairs_english_with_japanese():
+    text = (ROOT / "book/glossary.md").read_text()
+    for english, japanese in [("learnable queries", "学習可能なクエリ"), ("cross-attention", "クロス・アテンション"),
+                              ("self-attention", "セルフ・アテンション"), ("causal mask", "因果マスク")]:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {english}"))
+        assert japanese in row
+
+
+def test_references_hold_the_papers_the_book_rests_on():
+    required = {"li2023blip2", "dai2023instructblip", "li2022blip", "devlin2019bert", "dosovitskiy2021vit",
+                "raffel2020t5", "chung2022flant5", "alayrac2022flamingo", "liu2023llava", "vaswani2017attention"}
+    assert required <= bib_keys()
+
+
+def test_every_citation_has_an_entry():
+    texts = [p.read_text() for p in PAGES] + [
+        "".join(source(c) for c in load(p)["cells"] if c["cell_type"] == "markdown") for p in NOTEBOOKS
+    ]
+    cited = set().union(*(cite_keys(t) for t in texts))
+    assert cited, "nothing is cited"
+    assert not cited - bib_keys(), f"cited but not in references.bib: {sorted(cited - bib_keys())}"
