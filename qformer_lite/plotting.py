@@ -340,7 +340,7 @@ def parameter_bars(rows: Sequence[tuple[str, int]], groups: Mapping[str, Sequenc
     """
     counts = dict(rows)
     colour = {name: _part_colour(name, i) for i, (name, _) in enumerate(rows)}
-    fig, ax = plt.subplots(figsize=(9, 0.9 * len(groups) + 1.4))
+    fig, ax = plt.subplots(figsize=(8, 0.9 * len(groups) + 1.6))
     labels = list(groups)
     used = set()
     for y, label in enumerate(labels):
@@ -356,7 +356,7 @@ def parameter_bars(rows: Sequence[tuple[str, int]], groups: Mapping[str, Sequenc
     ax.invert_yaxis()
     ax.set_xlabel("parameters (millions)")
     ax.set_title(title)
-    ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4)
+    ax.legend(frameon=False, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_xlim(0, max(sum(counts[n] for n in g) for g in groups.values()) / 1e6 * 1.12)
     fig.tight_layout()
@@ -365,7 +365,7 @@ def parameter_bars(rows: Sequence[tuple[str, int]], groups: Mapping[str, Sequenc
 
 # --- chapter 5 -------------------------------------------------------------------------------
 
-def mask_grid(mask, num_queries: int, text_mask=None, ax=None, title: str | None = None):
+def mask_grid(mask, num_queries: int, text_mask=None, ax=None, title: str | None = None, fontsize: int = 7):
     """One attention mask as a grid: row i may attend to column j where the cell is dark.
 
     The query and text blocks are labelled; padded text columns and rows are marked.
@@ -394,8 +394,8 @@ def mask_grid(mask, num_queries: int, text_mask=None, ax=None, title: str | None
         ax.add_patch(Rectangle((q + j - 0.5, -0.5), 1, length, fill=False, hatch="///", ec=PAD_COLOR, lw=0))
     names = [f"q{i}" for i in range(q)] + [("pad" if pad[i] else f"t{i}") for i in range(t)]
     colours = [QUERY_COLOR] * q + [PAD_COLOR if pad[i] else TEXT_COLOR for i in range(t)]
-    ax.set_xticks(range(length), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(length), names, fontsize=7)
+    ax.set_xticks(range(length), names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(length), names, fontsize=fontsize)
     for tick, c in zip(ax.get_xticklabels(), colours):
         tick.set_color(c)
     for tick, c in zip(ax.get_yticklabels(), colours):
@@ -403,14 +403,14 @@ def mask_grid(mask, num_queries: int, text_mask=None, ax=None, title: str | None
     ax.tick_params(length=0)
     ax.xaxis.set_ticks_position("top")
     ax.xaxis.set_label_position("top")
-    ax.set_xlabel("attended to (keys)", fontsize=9)
-    ax.set_ylabel("attending (rows)", fontsize=9)
+    ax.set_xlabel("attended to (keys)", fontsize=fontsize + 2)
+    ax.set_ylabel("attending (rows)", fontsize=fontsize + 2)
     for start, size, name, colour in ((0, q, "queries", QUERY_COLOR), (q, t, "text", TEXT_COLOR)):
         if size:
             ax.text(start + size / 2 - 0.5, length - 0.2, name, ha="center", va="top", color=colour,
-                    fontsize=9, fontweight="bold")
+                    fontsize=fontsize + 2, fontweight="bold")
     if title:
-        ax.set_title(title, pad=40, fontsize=11)
+        ax.set_title(title, pad=4 * fontsize + 12, fontsize=fontsize + 4)
     if own:
         fig.tight_layout()
     return fig
@@ -420,13 +420,13 @@ def mask_modes(masks: Mapping[str, object], num_queries: int, text_mask=None, ti
     """Several masks side by side (e.g. ITC, ITM, ITG) with a shared legend."""
     n = len(masks)
     length = _to_numpy(next(iter(masks.values()))).shape[-1]
-    side = 0.3 * length + 1.6
+    side = 0.22 * length + 1.3  # small cells, large labels: the figure is shown at page width
     fig, axes = plt.subplots(1, n, figsize=(side * n, side + 0.9), squeeze=False)
     for ax, (name, m) in zip(axes.flat, masks.items()):
-        mask_grid(m, num_queries, text_mask, ax=ax, title=(titles or {}).get(name, name))
+        mask_grid(m, num_queries, text_mask, ax=ax, title=(titles or {}).get(name, name), fontsize=9)
     handles = [Patch(color=SEEN_COLOR, label="may attend"), Patch(color=HIDDEN_COLOR, label="hidden"),
                Patch(facecolor="white", hatch="///", edgecolor=PAD_COLOR, label="padded text column")]
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
