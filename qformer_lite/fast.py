@@ -35,9 +35,9 @@ def query_side_cross_attention(
     attn: MultiHeadAttention = block.attention
     h, d = attn.num_heads, attn.head_dim
     c = image_embeds.shape[-1]
-    q = rearrange(attn.query(queries), "b q (h d) -> h (b q) d", h=h)  # (H, B*Q, d)
+    q = rearrange(attn.query(queries) * (1.0 / math.sqrt(d)), "b q (h d) -> h (b q) d", h=h)  # (H, B*Q, d)
     w_k = attn.key.weight.view(h, d, c)  # (H, d, C)
-    q_img = torch.bmm(q, w_k) * (1.0 / math.sqrt(d))  # (H, B*Q, C)
+    q_img = torch.bmm(q, w_k)  # (H, B*Q, C): each query, seen from the image side
     q_img = rearrange(q_img, "h (b q) c -> b (h q) c", b=queries.shape[0])  # (B, H*Q, C)
     scores = torch.bmm(q_img, image_embeds.transpose(1, 2))  # (B, H*Q, N)
     scores = rearrange(scores, "b (h q) n -> b h q n", h=h)  # (B, H, Q, N)
