@@ -20,17 +20,17 @@ install: $(STAMP)
 # Unit and parity tests, every notebook under nbmake, then the strict book build.
 test: install
 	$(BIN)/python -m pytest tests
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
 	$(MAKE) --no-print-directory book-strict
 
 unit: install
 	$(BIN)/python -m pytest tests
 
 notebooks: install
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
 
 book-strict: install
-	rm -rf _build/html
+	rm -rf _build  # a fresh build: Sphinx would otherwise reuse cached notebook outputs
 	$(BIN)/jupyter-book build . $(BOOK_FLAGS) || { cat _build/html/reports/*.err.log 2>/dev/null; exit 1; }
 
 book: book-strict
