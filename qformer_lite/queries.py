@@ -11,7 +11,8 @@ class LearnableQueries(nn.Module):
 
     They are parameters, not tokens of a vocabulary, and carry no position embedding:
     nothing tells query 3 that it comes after query 2, so permuting them permutes the
-    outputs (chapter 1 shows it). LAVIS and HF both initialise them N(0, 0.02).
+    outputs (chapter 1 shows it). LAVIS draws them from N(0, 0.02); HF starts them at zeros
+    (its checkpoints overwrite them).
     """
 
     def __init__(self, num_queries: int, hidden_size: int, init_std: float = 0.02):
