@@ -8,10 +8,11 @@ each), then attends. Per head h, with W_k^h, W_v^h the head's (d, C) slices:
     out_h    = softmax(scores_h) (X W_v^h)^T = (P_h X) W_v^h^T   # and W_v after the sum
 
 so the image tokens X (B, N, C) are touched only by (B, H*Q, C) x (C, N) products: H*Q/D
-of the plain projection cost (384/768 for BLIP-2): at BLIP-2 size about 606M -> 385M
-multiply-adds per image and cross-attention layer, a third fewer. The key bias adds the same number q_h . b_k^h to every score
-of a row, which softmax ignores; the value bias comes out unchanged because each row of P
-sums to 1. The chapters teach the plain form; tests hold the two equal.
+of the plain projection cost (384/768 for BLIP-2). At BLIP-2 size that is about 606M ->
+385M multiply-adds per image and cross-attention layer, a third fewer. The key bias adds
+the same number q_h . b_k^h to every score of a row, which softmax ignores; the value bias
+comes out unchanged because each row of P sums to 1. The chapters teach the plain form;
+tests hold the two equal.
 """
 
 from __future__ import annotations
