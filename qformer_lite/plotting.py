@@ -54,7 +54,7 @@ def vit_tokens(image_size: int, patch_size: int = 14, cls_token: bool = True) ->
 
 
 def token_budget(
-    image_sizes: Sequence[int] = (224, 364, 490),
+    image_sizes: Sequence[int] = (224, 364),
     patch_size: int = 14,
     num_queries: int = 32,
     max_images: int = 16,
@@ -247,13 +247,16 @@ def patch_attention(
     cols: int = 4,
     suptitle: str | None = None,
     swatches: Sequence[Sequence[Sequence[float]]] | None = None,
+    swatch_labels: Sequence[str] | None = None,
+    colorbar: bool = True,
 ):
     """Each row of ``attention`` (M, N) drawn over the image's patch grid.
 
     With ``has_cls``, column 0 is the [CLS] token: it has no place on the grid, so its
     weight is written in the panel's title instead. ``swatches[i]``: RGB colours (in [0, 1])
     drawn as small squares in panel i's corner, e.g. the colour a query asks for and the
-    colour it reads.
+    colour it reads; ``swatch_labels`` names them, left to right. Each panel has its own
+    colour scale, from 0 to its largest patch weight, shown by its colour bar.
     """
     img = _to_numpy(image)
     a = _to_numpy(attention)
@@ -263,7 +266,8 @@ def patch_attention(
     m = a.shape[0]
     cols = min(cols, m)
     rows = math.ceil(m / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 3.3 * rows), squeeze=False)
+    width = 3.6 if colorbar else 3.1  # per panel; the colour bar needs room
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 3.3 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= m:
@@ -272,13 +276,21 @@ def patch_attention(
         patches = a[i, 1:] if has_cls else a[i]
         heat = patches.reshape(grid, grid)
         ax.imshow(img)
-        ax.imshow(heat, cmap="inferno", alpha=0.6, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
-                  interpolation="nearest", vmin=0.0, vmax=max(float(heat.max()), 1e-12))
+        shown = ax.imshow(heat, cmap="inferno", alpha=0.6,
+                          extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
+                          interpolation="nearest", vmin=0.0, vmax=max(float(heat.max()), 1e-12))
+        if colorbar:
+            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+            bar.set_label("attention weight", fontsize=8)
+            bar.ax.tick_params(labelsize=7)
         if swatches is not None:
             for k, rgb in enumerate(swatches[i]):
                 ax.add_patch(Rectangle((0.03 + 0.14 * k, 0.82), 0.12, 0.12, transform=ax.transAxes,
                                        facecolor=np.clip(np.asarray(rgb, dtype=float), 0, 1),
                                        edgecolor="white", lw=1.5))
+                if swatch_labels is not None and k < len(swatch_labels):
+                    ax.text(0.09 + 0.14 * k, 0.80, swatch_labels[k], transform=ax.transAxes, ha="center",
+                            va="top", fontsize=7, color="white")
         title = titles[i] if titles is not None else f"query {i}"
         if cls_weight is not None:
             title += f"\n[CLS] weight {cls_weight:.2f}"

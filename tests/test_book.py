@@ -264,3 +264,50 @@ def test_every_citation_has_an_entry():
     cited = set().union(*(cite_keys(t) for t in texts))
     assert cited, "nothing is cited"
     assert not cited - bib_keys(), f"cited but not in references.bib: {sorted(cited - bib_keys())}"
+
+
+# --- the reference cells ----------------------------------------------------------------------
+
+def reference_cell(name: str) -> str:
+    """The code cell right after a chapter's "## Reference" heading."""
+    cells = load(ROOT / "notebooks" / name)["cells"]
+    for i, cell in enumerate(cells[:-1]):
+        if cell["cell_type"] == "markdown" and source(cell).startswith("## Reference"):
+            return source(cells[i + 1])
+    raise AssertionError(f"{name} has no reference cell")
+
+
+def test_reference_cells_keep_bert_names_so_library_weights_load():
+    # The chapters say the weights copy across by name: hold the copy-paste cells to it.
+    import torch
+
+    from qformer_lite import QFormerConfig
+    from qformer_lite.layer import AttentionBlock, QFormerLayer
+
+    tiny = QFormerConfig.tiny()
+    cfg = QFormerConfig.tiny(intermediate_size=4 * tiny.hidden_size)  # the cells use F = 4D
+    D, H, C = cfg.hidden_size, cfg.num_attention_heads, cfg.encoder_hidden_size
+    torch.manual_seed(0)
+    queries, image = torch.randn(2, cfg.num_query_tokens, D), torch.randn(2, 17, C)
+
+    cell3: dict = {}
+    exec(reference_cell("03_cross_attention.ipynb"), cell3)
+    library = AttentionBlock(cfg, context_size=C).eval()
+    block = cell3["CrossAttentionBlock"](D, H, C).eval()
+    block.load_state_dict(library.state_dict(), strict=True)
+    with torch.no_grad():
+        expected, expected_maps, _ = library(queries, image, output_attentions=True)
+        got, maps = block(queries, image)
+    assert torch.allclose(got, expected, atol=1e-6) and torch.allclose(maps, expected_maps, atol=1e-6)
+
+    cell4: dict = {}
+    exec(reference_cell("04_qformer_stack.ipynb"), cell4)
+    x = torch.randn(2, cfg.num_query_tokens + 5, D)  # [queries; text]
+    for index in (0, 1):  # with and without cross-attention
+        library = QFormerLayer(cfg, index).eval()
+        layer = cell4["QFormerLayer"](D, H, C, cross=cfg.has_cross_attention(index)).eval()
+        layer.load_state_dict(library.state_dict(), strict=True)
+        with torch.no_grad():
+            expected = library(x, cfg.num_query_tokens, image_embeds=image)[0]
+            got = layer(x, cfg.num_query_tokens, image)
+        assert torch.allclose(got, expected, atol=1e-6), index

@@ -37,6 +37,8 @@ def test_token_budget_labels_the_counts():
     fig = plotting.token_budget()
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     assert "257" in texts(fig) and "677" in texts(fig) and "32" in texts(fig)
+    # only the resolutions the chapter explains: 224 px (pre-training) and 364 px (captioning)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["224 px", "364 px"]
 
 
 def test_value_histogram_and_permutation_figure():
@@ -70,9 +72,15 @@ def test_patch_grid_and_patch_attention():
     fig = plotting.patch_attention(img, attention, titles=["a", "b", "c"], cols=2)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 3 and all("[CLS] weight" in t for t in titles)
-    fig = plotting.patch_attention(img, torch.rand(256), has_cls=False, swatches=[[(1, 0, 0), (0.5, 0.2, 0.1)]])
+    bars = [ax for ax in fig.axes if ax.get_ylabel() == "attention weight"]
+    assert len(bars) == 3  # one colour bar per panel: each has its own scale
+    fig = plotting.patch_attention(img, torch.rand(256), has_cls=False, swatches=[[(1, 0, 0), (0.5, 0.2, 0.1)]],
+                                   swatch_labels=["asked", "read"])
     assert fig.axes[0].get_title() == "query 0"
     assert len(fig.axes[0].patches) == 2
+    assert [t.get_text() for t in fig.axes[0].texts] == ["asked", "read"]
+    fig = plotting.patch_attention(img, torch.rand(2, 257), colorbar=False)
+    assert len(fig.axes) == 2
 
 
 def test_stack_diagram_draws_six_cross_attention_boxes_for_blip2():
