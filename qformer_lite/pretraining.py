@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import losses
 from .config import QFormerConfig
 from .qformer import QFormer
+
+
+@dataclass
+class Stage1Output:
+    loss: torch.Tensor  # itc + itm + itg, unweighted as in LAVIS
+    loss_itc: torch.Tensor
+    loss_itm: torch.Tensor
+    loss_itg: torch.Tensor
+    sim_i2t: torch.Tensor  # (B, B) ITC similarities (max over queries), before the temperature
+    neg_image: torch.Tensor  # (B,) the hard negative image drawn for each text
+    neg_text: torch.Tensor  # (B,) the hard negative text drawn for each image
 
 
 class LMHead(nn.Module):
@@ -75,3 +89,47 @@ class QFormerPretraining(nn.Module):
     def lm_logits(self, text_output: torch.Tensor) -> torch.Tensor:
         """Next-token logits from the text outputs of an ITG pass: (B, T, V)."""
         return self.lm_head(text_output, self.qformer.embeddings.word_embeddings.weight)
+
+    def forward(
+        self,
+        image_embeds: torch.Tensor,  # (B, N, C)
+        input_ids: torch.Tensor,  # (B, T), "[CLS] words [SEP]" + padding
+        attention_mask: torch.Tensor,  # (B, T)
+        dec_token_id: int,  # the [DEC] token that starts ITG's text
+        image_attention_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,  # draws the hard negatives
+        label_smoothing: float = 0.1,
+    ) -> Stage1Output:
+        """The three stage-1 losses on one batch of matching (image, text) pairs (LAVIS
+        ``Blip2Qformer.forward``, single process): the queries run once, with their
+        self-attention keys/values cached, and serve both ITC and ITG."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != image_embeds.shape[0]:
+            raise ValueError(
+                f"input_ids must have shape ({image_embeds.shape[0]}, T) to match image_embeds, "
+                f"got {tuple(input_ids.shape)}"
+            )
+        # ITC: queries and text in two separate passes (the unimodal mask)
+        q_out = self.qformer(image_embeds, image_attention_mask=image_attention_mask, use_cache=True)
+        image_feats = F.normalize(self.vision_proj(q_out.query_output), dim=-1)  # (B, Q, E)
+        text_feats = self.text_features(input_ids, attention_mask)  # (B, E)
+        sim_i2t = losses.itc_similarity_matrix(image_feats, text_feats)  # (B, B)
+        loss_itc = losses.itc_loss(sim_i2t, self.temp, label_smoothing)
+
+        # ITM: hard negatives drawn from the similarities, then [queries; text] bi-directionally
+        neg_image, neg_text = losses.sample_hard_negatives(sim_i2t, self.temp.detach(), generator)
+        images, ids, mask, labels = losses.itm_pairs(image_embeds, input_ids, attention_mask, neg_image, neg_text)
+        image_mask = None
+        if image_attention_mask is not None:
+            image_mask = torch.cat([image_attention_mask, image_attention_mask[neg_image], image_attention_mask])
+        loss_itm = F.cross_entropy(self.itm_logits(images, ids, mask, image_mask), labels)  # logits (3B, 2)
+
+        # ITG: the text reads the cached queries under the multimodal causal mask
+        dec_ids, lm_labels = losses.itg_inputs(input_ids, attention_mask, dec_token_id)
+        text = self.qformer(
+            input_ids=dec_ids, attention_mask=attention_mask, mode="itg", past_key_values=q_out.past_key_values
+        ).text_output  # (B, T, D)
+        loss_itg = losses.itg_loss(self.lm_logits(text), lm_labels, label_smoothing)
+
+        return Stage1Output(
+            loss_itc + loss_itm + loss_itg, loss_itc, loss_itm, loss_itg, sim_i2t.detach(), neg_image, neg_text
+        )

@@ -1,0 +1,75 @@
+"""Where the stand-in models and trained miniatures are kept between runs.
+
+``$QFORMER_LITE_CACHE`` if set, else ``$XDG_CACHE_HOME/qformer_lite``, else
+``~/.cache/qformer_lite``. Nothing is ever written inside the repository or the working
+directory. Each entry is a folder named by a hash of everything that decides its contents
+(configs and seed), so changing a setting builds a new entry instead of reusing a stale one.
+Entries are written to a temporary folder and renamed into place: an interrupted build leaves
+no half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT_VERSION = 1  # bump when the meaning of a cached entry changes
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("QFORMER_LITE_CACHE")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "qformer_lite"
+
+
+def key_of(kind: str, spec: dict) -> str:
+    """A short stable name for an entry: ``kind-<hash of spec>``."""
+    blob = json.dumps({"format": FORMAT_VERSION, "kind": kind, **spec}, sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def entry_path(key: str) -> Path:
+    return cache_dir() / key
+
+
+def save_module(module: nn.Module, folder: Path, name: str = "model") -> None:
+    """``name.safetensors``: the module's state dict (tied weights stored once per name)."""
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / f"{name}.safetensors"))
+
+
+def load_module(module: nn.Module, folder: Path, name: str = "model", strict: bool = True) -> nn.Module:
+    state = load_file(str(folder / f"{name}.safetensors"))
+    module.load_state_dict(state, strict=strict)
+    return module
+
+
+def write_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Run ``fill(tmp)`` on a fresh temporary folder beside ``final``, then rename it to ``final``."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        fill(tmp)
+        if final.exists():  # another run finished first, or an old entry is being replaced
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def complete(folder: Path, names: tuple[str, ...]) -> bool:
+    return folder.is_dir() and all((folder / n).is_file() for n in names)

@@ -1,0 +1,139 @@
+"""``qformer-lite``: train BLIP-2 in miniature, or caption images with a trained checkpoint.
+
+    qformer-lite train --output runs/mini        # every stage, about three minutes on 2 cores
+    qformer-lite caption a.png b.png --checkpoint runs/mini
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Everything runs offline: the stand-ins are built locally, nothing is downloaded.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class CliError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qformer-lite", description="BLIP-2 in miniature, on a CPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="pretrain the stand-ins (if not cached), run stage 1 and stage 2, evaluate")
+    train.add_argument("--output", required=True, type=Path, help="folder to write (must not exist, or be empty)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-cache", action="store_true", help="rebuild the stand-ins instead of reading the cache")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    caption = sub.add_parser("caption", help="caption image files with a trained checkpoint")
+    caption.add_argument("images", nargs="+", type=Path)
+    caption.add_argument("--checkpoint", required=True, type=Path, help="a folder written by `qformer-lite train`")
+    caption.add_argument("--num-beams", type=int, default=5)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _caption(args)
+    except CliError as err:
+        print(f"qformer-lite: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qformer-lite: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    output: Path = args.output
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise CliError(f"--output {output} already exists and is not an empty folder")
+    from .miniature import MiniatureConfig, save_checkpoint
+    from .miniature_plots import plot_caption_grid, plot_stage1_history, plot_stage2_history
+    from .train import run
+
+    start = time.perf_counter()
+    config = MiniatureConfig.default(seed=args.seed)
+    result = run(config, progress=not args.quiet, use_cache=not args.no_cache)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        save_checkpoint(result.blip2, config, result.standins.tokenizer, tmp, stage1=result.stage1)
+        plot_stage1_history(result.stage1_history).savefig(tmp / "stage1_losses.png", dpi=120)
+        plot_stage2_history(result.stage2_history).savefig(tmp / "stage2_loss.png", dpi=120)
+        plot_caption_grid(result.test_pool, result.test_captions_after, n=16).savefig(tmp / "test_captions.png", dpi=120)
+        metrics = {
+            **result.metrics,
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "stage_seconds": {k: round(v, 1) for k, v in result.timings.items()},
+        }
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / "test_captions.json").write_text(json.dumps(
+            [{"reference": r, "generated": g} for r, g in zip(result.test_pool.captions, result.test_captions_after)],
+            indent=1) + "\n")
+        if output.exists():
+            output.rmdir()  # empty, checked above
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(json.dumps({k: metrics[k] for k in ("caption_exact_match", "image_text_recall_at_1", "wall_seconds")}))
+    print(f"wrote {output}")
+    return 0
+
+
+def _load_images(paths: list[Path], size: int):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in paths:
+        if not path.exists():
+            raise CliError(f"no such file: {path}")
+        if not path.is_file():
+            raise CliError(f"not a file: {path}")
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.NEAREST)
+                images.append(np.asarray(img, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as err:
+            raise CliError(f"not an image file: {path} ({type(err).__name__})") from None
+    return np.stack(images)
+
+
+def _caption(args) -> int:
+    from .data import to_tensor
+    from .miniature import load_checkpoint
+    from .train import generate_captions
+
+    if args.num_beams < 1:
+        raise CliError(f"--num-beams must be >= 1, got {args.num_beams}")
+    try:
+        model, config, tokenizer = load_checkpoint(args.checkpoint)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    pixels = to_tensor(_load_images(args.images, config.data.image_size))  # (B, 3, H, W)
+    captions = generate_captions(model, tokenizer, pixel_values=pixels, num_beams=args.num_beams,
+                                 max_new_tokens=config.max_new_tokens)
+    for path, caption in zip(args.images, captions):
+        print(f"{path}\t{caption}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

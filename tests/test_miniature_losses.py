@@ -1,0 +1,166 @@
+"""Stage-1 losses on hand-made cases."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qformer_lite import QFormerConfig, QFormerPretraining
+from qformer_lite import losses
+
+
+def _features(b=4, q=3, e=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    text = F.normalize(torch.randn(b, e, generator=gen), dim=-1)
+    image = F.normalize(torch.randn(b, q, e, generator=gen), dim=-1)
+    return image, text
+
+
+def test_similarity_is_the_best_query():
+    image, text = _features()
+    sim = losses.itc_similarity_matrix(image, text)
+    for i in range(4):
+        for t in range(4):
+            assert sim[i, t] == pytest.approx(max(float(image[i, q] @ text[t]) for q in range(3)), abs=1e-6)
+
+
+def test_perfect_match_gives_the_minimum_itc_loss():
+    b, temp = 4, 0.07
+    perfect = 2 * torch.eye(b) - 1  # each image's best query equals its text, opposite to the others
+    gen = torch.Generator().manual_seed(0)
+    best = losses.itc_loss(perfect, temp, label_smoothing=0.0)
+    for _ in range(200):  # any other similarity matrix (cosines lie in [-1, 1]) costs more
+        other = torch.rand(b, b, generator=gen) * 2 - 1
+        assert losses.itc_loss(other, temp, label_smoothing=0.0) > best
+
+
+def test_perfect_match_from_features():
+    """Orthogonal texts; each image has one query equal to its text: similarity is the identity,
+    the loss equals its closed form and is lower than for any mismatched pairing."""
+    b, temp, eps = 4, 0.07, 0.1
+    text = torch.eye(b, 8)
+    image = torch.stack([torch.stack([text[i], -text[i]]) for i in range(b)])  # (B, 2, E)
+    sim = losses.itc_similarity_matrix(image, text)
+    assert torch.equal(sim, torch.eye(b))
+    loss = losses.itc_loss(sim, temp, eps)
+    closed_form = F.cross_entropy(torch.eye(b) / temp, torch.arange(b), label_smoothing=eps)
+    assert loss.item() == pytest.approx(closed_form.item(), abs=1e-6)
+    for perm in ([1, 0, 2, 3], [3, 2, 1, 0], [1, 2, 3, 0]):
+        assert losses.itc_loss(losses.itc_similarity_matrix(image, text[perm]), temp, eps) > loss
+
+
+def test_itc_loss_without_smoothing_on_a_perfect_match_tends_to_zero():
+    sim = torch.eye(3)
+    assert losses.itc_loss(sim, 0.01, label_smoothing=0.0) < 1e-6
+
+
+def test_itc_loss_rejects_a_non_square_matrix():
+    with pytest.raises(ValueError, match="square"):
+        losses.itc_loss(torch.zeros(3, 4), 0.07)
+
+
+def test_hard_negatives_never_pick_the_positive():
+    # the positive is by far the most similar: a sampler that forgot to mask it would pick it
+    b = 6
+    sim = torch.full((b, b), -1.0) + 3.0 * torch.eye(b)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        neg_image, neg_text = losses.sample_hard_negatives(sim, 0.07, gen)
+        assert not (neg_image == torch.arange(b)).any()
+        assert not (neg_text == torch.arange(b)).any()
+
+
+def test_hard_negatives_prefer_similar_ones():
+    # image 0 is much closer to text 1 than to texts 2, 3: text 1 must be drawn nearly always
+    sim = torch.tensor([
+        [1.0, 0.9, -0.5, -0.5],
+        [0.9, 1.0, -0.5, -0.5],
+        [-0.5, -0.5, 1.0, 0.2],
+        [-0.5, -0.5, 0.2, 1.0],
+    ])
+    gen = torch.Generator().manual_seed(0)
+    picks = [int(losses.sample_hard_negatives(sim, 0.07, gen)[1][0]) for _ in range(100)]
+    assert picks.count(1) > 95
+
+
+def test_hard_negatives_need_two_pairs():
+    with pytest.raises(ValueError, match="at least 2"):
+        losses.sample_hard_negatives(torch.ones(1, 1))
+
+
+def test_itm_pairs_layout():
+    images = torch.arange(3).float().view(3, 1, 1)
+    ids = torch.tensor([[10], [11], [12]])
+    mask = torch.ones_like(ids)
+    neg_image, neg_text = torch.tensor([1, 2, 0]), torch.tensor([2, 0, 1])
+    imgs, tids, tmask, labels = losses.itm_pairs(images, ids, mask, neg_image, neg_text)
+    assert imgs.flatten().tolist() == [0, 1, 2, 1, 2, 0, 0, 1, 2]
+    assert tids.flatten().tolist() == [10, 11, 12, 10, 11, 12, 12, 10, 11]
+    assert labels.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0]
+
+
+def test_itg_inputs_replace_cls_and_ignore_padding():
+    ids = torch.tensor([[3, 9, 8, 4, 0, 0], [3, 7, 4, 0, 0, 0]])
+    mask = (ids != 0).long()
+    dec, labels = losses.itg_inputs(ids, mask, dec_token_id=5)
+    assert dec[:, 0].tolist() == [5, 5]
+    assert dec[:, 1:].tolist() == ids[:, 1:].tolist()
+    assert labels.tolist() == [[5, 9, 8, 4, -100, -100], [5, 7, 4, -100, -100, -100]]
+
+
+def test_itg_loss_ignores_padding_positions():
+    ids = torch.tensor([[3, 9, 8, 4, 0, 0]])
+    dec, labels = losses.itg_inputs(ids, (ids != 0).long(), dec_token_id=5)
+    logits = torch.randn(1, 6, 12)
+    base = losses.itg_loss(logits, labels, label_smoothing=0.1)
+    changed = logits.clone()
+    changed[:, 3:] = torch.randn(1, 3, 12) * 10  # predictions after the last real token
+    assert losses.itg_loss(changed, labels, 0.1) == pytest.approx(float(base), abs=1e-6)
+    # the loss is the mean over the three predicted real tokens (9, 8, 4)
+    manual = F.cross_entropy(logits[0, :3], torch.tensor([9, 8, 4]), label_smoothing=0.1)
+    assert base == pytest.approx(float(manual), abs=1e-6)
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return QFormerPretraining(QFormerConfig.tiny(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+def test_forward_returns_three_losses_that_sum():
+    model = _tiny_model()
+    b = 4
+    image = torch.randn(b, 5, model.config.encoder_hidden_size)
+    ids = torch.randint(6, model.config.vocab_size, (b, 7))
+    ids[:, 0] = 1
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    out = model(image, ids, mask, dec_token_id=2, generator=torch.Generator().manual_seed(0))
+    assert out.loss.item() == pytest.approx((out.loss_itc + out.loss_itm + out.loss_itg).item(), abs=1e-5)
+    assert out.sim_i2t.shape == (b, b)
+    assert not (out.neg_image == torch.arange(b)).any() and not (out.neg_text == torch.arange(b)).any()
+    # an untrained model is near chance on every loss
+    assert abs(out.loss_itm.item() - math.log(2)) < 0.2
+    out.loss.backward()
+    assert model.temp.grad is not None and model.itm_head.weight.grad is not None
+
+
+def test_forward_itg_equals_a_joint_pass():
+    """The cached-queries ITG pass inside forward equals one joint pass with the 'itg' mask."""
+    model = _tiny_model().eval()
+    b = 3
+    image = torch.randn(b, 5, model.config.encoder_hidden_size)
+    ids = torch.randint(6, model.config.vocab_size, (b, 6))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0
+    dec, labels = losses.itg_inputs(ids, mask, dec_token_id=2)
+    joint = model.qformer(image, dec, mask, mode="itg").text_output
+    expected = losses.itg_loss(model.lm_logits(joint), labels, 0.1)
+    out = model(image, ids, mask, dec_token_id=2, generator=torch.Generator().manual_seed(0))
+    assert out.loss_itg.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_forward_rejects_mismatched_batches():
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="input_ids must have shape"):
+        model(torch.randn(2, 5, 48), torch.ones(3, 4, dtype=torch.long), torch.ones(3, 4), dec_token_id=2)
