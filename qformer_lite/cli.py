@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="pretrain the stand-ins (if not cached), run stage 1 and stage 2, evaluate")
     train.add_argument("--output", required=True, type=Path, help="folder to write (must not exist, or be empty)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--preset", choices=("default", "quick"), default="default",
+                       help="quick: a seconds-long run that exercises every step but learns little")
     train.add_argument("--no-cache", action="store_true", help="rebuild the stand-ins instead of reading the cache")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -65,7 +67,7 @@ def _train(args) -> int:
     from .train import run
 
     start = time.perf_counter()
-    config = MiniatureConfig.default(seed=args.seed)
+    config = getattr(MiniatureConfig, args.preset)(seed=args.seed)
     result = run(config, progress=not args.quiet, use_cache=not args.no_cache)
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -95,8 +97,7 @@ def _train(args) -> int:
     return 0
 
 
-def _load_images(paths: list[Path], size: int):
-    import numpy as np
+def _load_images(paths: list[Path]):
     from PIL import Image, UnidentifiedImageError
 
     images = []
@@ -107,13 +108,19 @@ def _load_images(paths: list[Path], size: int):
             raise CliError(f"not a file: {path}")
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
-                if img.size != (size, size):
-                    img = img.resize((size, size), Image.NEAREST)
-                images.append(np.asarray(img, dtype=np.uint8))
+                images.append(img.convert("RGB"))
         except (UnidentifiedImageError, OSError) as err:
             raise CliError(f"not an image file: {path} ({type(err).__name__})") from None
-    return np.stack(images)
+    return images
+
+
+def _resize(images, size: int):
+    """Square RGB arrays the encoder takes; nearest-neighbour keeps the flat colours flat."""
+    import numpy as np
+    from PIL import Image
+
+    return np.stack([np.asarray(img if img.size == (size, size) else img.resize((size, size), Image.NEAREST),
+                                dtype=np.uint8) for img in images])
 
 
 def _caption(args) -> int:
@@ -123,11 +130,12 @@ def _caption(args) -> int:
 
     if args.num_beams < 1:
         raise CliError(f"--num-beams must be >= 1, got {args.num_beams}")
+    images = _load_images(args.images)  # bad image files are reported before the checkpoint is read
     try:
         model, config, tokenizer = load_checkpoint(args.checkpoint)
     except ValueError as err:
         raise CliError(str(err)) from None
-    pixels = to_tensor(_load_images(args.images, config.data.image_size))  # (B, 3, H, W)
+    pixels = to_tensor(_resize(images, config.data.image_size))  # (B, 3, H, W)
     captions = generate_captions(model, tokenizer, pixel_values=pixels, num_beams=args.num_beams,
                                  max_new_tokens=config.max_new_tokens)
     for path, caption in zip(args.images, captions):

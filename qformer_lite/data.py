@@ -140,7 +140,7 @@ def vocabulary() -> list[str]:
 class DataConfig:
     image_size: int = 48  # GRID cells of image_size // GRID pixels: one encoder patch per cell
     held_out_fraction: float = 0.15  # of all captions, seen only in the test split
-    single_object_fraction: float = 0.3  # of training scenes
+    single_object_fraction: float = 0.5  # of training scenes: only they teach the nine places
     test_images_per_caption: int = 2
     split_seed: int = 0  # which captions are held out
     scale_range: tuple[float, float] = (0.75, 0.95)

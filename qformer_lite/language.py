@@ -5,8 +5,8 @@ words; one vocabulary serves both models, with BERT-style framing for the Q-Form
 (``[CLS] words [SEP]``, and ``[DEC]`` for generation) and T5-style for T5 (``words </s>``).
 
 BLIP-2 borrows Flan-T5, which already knows language. Ours is pretrained for a few seconds
-as a denoising autoencoder of captions: it reads a corrupted caption (words dropped,
-masked, swapped, or nothing at all) and writes the whole caption back. That matters for
+as a denoising autoencoder of captions: it reads a corrupted caption (some words dropped
+or masked, or nothing at all) and writes the whole caption back. That matters for
 stage 2: the Q-Former's soft prompt then only has to *resemble* a caption in T5's input
 space for T5 to write it out cleanly. A T5 trained only to continue text (prefix LM) barely
 listens to its encoder, and a soft prompt can hardly steer it.
@@ -121,7 +121,18 @@ class LanguageConfig:
     drop_prob: float = 0.25
     mask_prob: float = 0.3
     empty_prob: float = 0.1  # rebuild from nothing: the decoder's own prior over captions
-    embedding_noise: float = 0.0  # std of noise on the input embeddings, relative to their scale
+    # "swap" (two neighbours exchanged) is left out by default: it teaches T5 to put words back
+    # in the order it expects, and a soft prompt then loses which colour goes with which shape
+    corruptions: tuple[str, ...] = ("drop", "mask")
+    corpus: str = "train"  # "train": the training split's captions; "all": every sentence of the language
+
+    def __post_init__(self) -> None:
+        self.corruptions = tuple(self.corruptions)
+        unknown = set(self.corruptions) - {"drop", "mask", "swap"}
+        if not self.corruptions or unknown:
+            raise ValueError(f"LanguageConfig.corruptions must be drawn from drop, mask, swap; got {self.corruptions!r}")
+        if self.corpus not in ("train", "all"):
+            raise ValueError(f"LanguageConfig.corpus must be 'train' or 'all', got {self.corpus!r}")
 
 
 def build_t5(config: LanguageConfig, tokenizer: CaptionTokenizer) -> T5ForConditionalGeneration:
@@ -137,19 +148,19 @@ def build_t5(config: LanguageConfig, tokenizer: CaptionTokenizer) -> T5ForCondit
 
 
 def corrupt(caption: str, rng: np.random.Generator, config: LanguageConfig) -> str:
-    """One corrupted copy of a caption: some words dropped, some masked, two neighbours swapped,
-    or everything gone."""
+    """One corrupted copy of a caption: some words dropped, some masked, or two neighbours
+    swapped (one of ``config.corruptions`` at random); or, with ``empty_prob``, nothing at all."""
     words = caption.split()
     if rng.random() < config.empty_prob:
         return ""
-    kind = rng.integers(3)
-    if kind == 0:
+    kind = config.corruptions[int(rng.integers(len(config.corruptions)))]
+    if kind == "drop":
         keep = rng.random(len(words)) >= config.drop_prob
         keep[rng.integers(len(words))] = True
         words = [w for w, k in zip(words, keep) if k]
-    elif kind == 1:
+    elif kind == "mask":
         words = ["<mask>" if rng.random() < config.mask_prob else w for w in words]
-    else:
+    else:  # "swap"
         i = int(rng.integers(len(words) - 1))
         words[i], words[i + 1] = words[i + 1], words[i]
     return " ".join(words)
@@ -163,7 +174,6 @@ def pretrain_t5(
     model = build_t5(config, tokenizer)
     rng = np.random.default_rng([seed, 11])
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    embed = model.get_input_embeddings()
     history = []
     bar = tqdm(range(config.steps), desc="language model", disable=not progress, leave=False)
     for step in bar:
@@ -174,11 +184,7 @@ def pretrain_t5(
         labels = labels.masked_fill(label_mask == 0, -100)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup_steps)
-        inputs_embeds = embed(ids)  # (B, T_in, d_model)
-        if config.embedding_noise:
-            scale = inputs_embeds.detach().std()
-            inputs_embeds = inputs_embeds + config.embedding_noise * scale * torch.randn_like(inputs_embeds)
-        loss = model(inputs_embeds=inputs_embeds, attention_mask=mask, labels=labels).loss
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

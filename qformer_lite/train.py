@@ -273,3 +273,71 @@ def run(config: MiniatureConfig | None = None, progress: bool = True, use_cache:
         "standins_from_cache": standins.from_cache,
     }
     return RunResult(config, standins, stage1, blip2, h1, h2, metrics, test_pool, before, after, timings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cached runs, so that chapter 7 does not train again what chapter 6 trained.
+
+
+def _key(kind: str, config: MiniatureConfig, **extra) -> str:
+    return cache.key_of(kind, {"config": config.to_dict(), **extra})
+
+
+def _history_file(folder: Path) -> Path:
+    return folder / "history.json"
+
+
+def cached_stage1(
+    config: MiniatureConfig, standins: StandIns, features: torch.Tensor, progress: bool = True, callback=None,
+    callback_every: int = 100,
+) -> tuple[QFormerPretraining, dict, bool]:
+    """Stage 1 read from the cache (keyed by the whole config, seed included), or trained and cached.
+
+    Returns (model, history, from_cache). ``callback`` only runs when training happens.
+    """
+    spec = {k: v for k, v in config.to_dict().items() if k not in ("stage2", "num_beams", "max_new_tokens", "rerank_k")}
+    folder = cache.entry_path(cache.key_of("stage1", spec))
+    model = QFormerPretraining(config.qformer)
+    if cache.complete(folder, ("model.safetensors", "history.json")):
+        cache.load_module(model, folder)
+        return model.eval(), json.loads(_history_file(folder).read_text()), True
+    model, history = train_stage1(config, features, standins.train_pool.captions, standins.tokenizer, progress,
+                                  callback=callback, callback_every=callback_every)
+
+    def fill(d: Path) -> None:
+        cache.save_module(model, d)
+        _history_file(d).write_text(json.dumps(history))
+
+    cache.write_atomically(folder, fill)
+    return model, history, False
+
+
+def cached_stage2(
+    config: MiniatureConfig, standins: StandIns, features: torch.Tensor, stage1: QFormerPretraining | None,
+    progress: bool = True,
+) -> tuple[Blip2T5, dict, bool]:
+    """Stage 2 from the stage-1 Q-Former (or, with ``stage1=None``, from a fresh one), read from
+    the cache or trained and cached. Returns (model, history, from_cache)."""
+    folder = cache.entry_path(_key("stage2", config, from_stage1=stage1 is not None))
+    model = build_blip2(config, standins, stage1.qformer if stage1 is not None else None)
+    trainable = {k: v for k, v in model.named_parameters() if v.requires_grad}
+    if cache.complete(folder, ("model.safetensors", "history.json")):
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+        with torch.no_grad():
+            for name, tensor in state.items():
+                trainable[name].copy_(tensor)
+        return model.eval(), json.loads(_history_file(folder).read_text()), True
+    desc = "stage 2" if stage1 is not None else "stage 2, no stage 1"
+    history = train_stage2(config, model, features, standins.train_pool.captions, standins.tokenizer, progress, desc)
+
+    def fill(d: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in model.named_parameters() if v.requires_grad},
+                  str(d / "model.safetensors"))
+        _history_file(d).write_text(json.dumps(history))
+
+    cache.write_atomically(folder, fill)
+    return model.eval(), history, False

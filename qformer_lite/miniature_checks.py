@@ -1,0 +1,151 @@
+"""Checkers for the exercises of chapters 6 and 7 (training BLIP-2 in miniature).
+
+Like ``checks``: each ``check_*`` runs the learner's answer on small random inputs, prints one
+line (a pass, or what is wrong and a hint) and returns a ``CheckResult``; none of them raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from . import losses
+from .checks import CheckResult, _call, _same_shape, _say
+
+
+def _expected_answers() -> dict[str, tuple[Any, str]]:
+    from .miniature import MiniatureConfig
+
+    config = MiniatureConfig.default()
+    q = config.qformer
+    return {
+        "itm_pairs_per_batch": (
+            3 * config.stage1.batch_size,
+            "Each matching pair brings one hard negative image and one hard negative text.",
+        ),
+        "soft_prompt_length": (
+            q.num_query_tokens + 1,
+            "The T5 encoder reads every projected query, then the prompt; an empty prompt is "
+            "tokenised as '</s>' alone.",
+        ),
+        "projection_params": (
+            q.hidden_size * config.language.d_model + config.language.d_model,
+            "One Linear from the Q-Former's width to T5's d_model, with a bias.",
+        ),
+    }
+
+
+def check_answer(key: str, value: Any) -> CheckResult:
+    """Compare a numeric answer with the one computed from ``MiniatureConfig.default()``."""
+    answers = _expected_answers()
+    if key not in answers:
+        return _say(False, f"unknown exercise key {key!r}; known: {', '.join(sorted(answers))}")
+    expected, hint = answers[key]
+    if value is None or value is ...:
+        return _say(False, f"no answer yet for {key!r}. Replace the ... with your value.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _say(False, f"{value!r} is not a number. Hint: {hint}")
+    if value == expected:
+        return _say(True, f"{key} = {value:,}.")
+    direction = "too high" if value > expected else "too low"
+    return _say(False, f"{value:,} is {direction} for {key}. Hint: {hint}")
+
+
+def _random_sim(b: int = 6, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(b, b, generator=gen) * 2 - 1  # cosines in [-1, 1]
+
+
+def check_itc_loss(fn: Callable) -> CheckResult:
+    """``fn(sim_i2t, temp)`` -> the symmetric ITC loss with label smoothing 0.1 (a scalar)."""
+    for b, temp in ((6, 0.07), (3, 0.5)):
+        sim = _random_sim(b, seed=b)
+        failed, got = _call("itc_loss", fn, sim.clone(), temp)
+        if failed is not None:
+            return failed
+        expected = losses.itc_loss(sim, temp, 0.1)
+        if not isinstance(got, torch.Tensor) or got.numel() != 1:
+            return _say(False, f"itc_loss returned {type(got).__name__}; expected a scalar tensor.")
+        if abs(float(got) - float(expected)) > 1e-5:
+            one_way = torch.nn.functional.cross_entropy(sim / temp, torch.arange(b), label_smoothing=0.1)
+            no_smooth = losses.itc_loss(sim, temp, 0.0)
+            if abs(float(got) - float(one_way)) < 1e-5:
+                hint = "that is image->text only; average it with text->image (the transpose)."
+            elif abs(float(got) - float(no_smooth)) < 1e-5:
+                hint = "add label_smoothing=0.1 to both cross-entropies."
+            else:
+                hint = "divide the similarities by temp; the targets are the diagonal, arange(B)."
+            return _say(False, f"itc_loss gave {float(got):.4f}, expected {float(expected):.4f}. Hint: {hint}")
+    return _say(True, "the symmetric ITC loss, with temperature and label smoothing, as in LAVIS.")
+
+
+def check_negative_weights(fn: Callable) -> CheckResult:
+    """``fn(sim_i2t, temp)`` -> (B, B) probabilities of drawing each text as the negative of each
+    image: softmax of sim / temp over a row, the positive (diagonal) at exactly 0."""
+    b, temp = 5, 0.1
+    sim = _random_sim(b, seed=3)
+    failed, got = _call("negative_weights", fn, sim.clone(), temp)
+    if failed is not None:
+        return failed
+    expected = (sim / temp).masked_fill(torch.eye(b, dtype=torch.bool), float("-inf")).softmax(dim=1)
+    bad = _same_shape("negative_weights", got, expected, "(B, B)")
+    if bad is not None:
+        return bad
+    got = got.float()
+    if (got.diagonal().abs() > 1e-6).any():
+        return _say(False, "the diagonal is not 0: the positive itself could be drawn as a negative. "
+                           "Hint: mask it (-inf, or -10000) before the softmax.")
+    if (got.sum(dim=1) - 1).abs().max() > 1e-4:
+        return _say(False, "rows do not sum to 1. Hint: softmax over dim=1, each image's row of texts.")
+    if (got - expected).abs().max() > 1e-4:
+        return _say(False, "the weights differ from softmax(sim / temp). Hint: divide by temp before the softmax.")
+    return _say(True, "a text is drawn more often the more it resembles the image, never the positive.")
+
+
+def check_encoder_inputs(fn: Callable) -> CheckResult:
+    """``fn(prefix, prompt_embeds, prompt_mask)`` -> (inputs_embeds, attention_mask): the projected
+    queries first, then the prompt; ones for the queries in front of the prompt's mask."""
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randn(2, 4, 6, generator=gen)  # (B, Q, d_model)
+    prompt = torch.randn(2, 3, 6, generator=gen)  # (B, T, d_model)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    failed, got = _call("encoder_inputs", fn, prefix, prompt, mask)
+    if failed is not None:
+        return failed
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return _say(False, "return two things: (inputs_embeds, attention_mask).")
+    embeds, got_mask = got
+    expected = torch.cat([prefix, prompt], dim=1)
+    bad = _same_shape("inputs_embeds", embeds, expected, "(B, Q + T, d_model)")
+    if bad is not None:
+        return bad
+    if torch.allclose(embeds, torch.cat([prompt, prefix], dim=1)) and not torch.allclose(embeds, expected):
+        return _say(False, "the prompt comes first; BLIP-2 puts the queries in front of it.")
+    if not torch.allclose(embeds, expected):
+        return _say(False, "inputs_embeds is not [prefix; prompt] along the sequence axis (dim=1).")
+    expected_mask = torch.cat([torch.ones(2, 4, dtype=mask.dtype), mask], dim=1)
+    if not isinstance(got_mask, torch.Tensor) or tuple(got_mask.shape) != (2, 7):
+        return _say(False, "attention_mask must have shape (B, Q + T): ones for the queries, then the prompt's mask.")
+    if not torch.equal(got_mask.long(), expected_mask.long()):
+        return _say(False, "attention_mask is wrong: every query is real (1), the prompt keeps its padding (0).")
+    return _say(True, "queries first, then the prompt; the mask opens every query.")
+
+
+def check_labels(fn: Callable) -> CheckResult:
+    """``fn(ids, mask)`` -> T5 labels: the ids, with -100 wherever the mask is 0."""
+    ids = torch.tensor([[7, 8, 9, 1, 0], [7, 9, 1, 0, 0]])
+    mask = (ids != 0).long()
+    failed, got = _call("make_labels", fn, ids.clone(), mask)
+    if failed is not None:
+        return failed
+    expected = ids.masked_fill(mask == 0, -100)
+    bad = _same_shape("make_labels", got, expected, "(B, T)")
+    if bad is not None:
+        return bad
+    if not torch.equal(ids, torch.tensor([[7, 8, 9, 1, 0], [7, 9, 1, 0, 0]])):
+        return _say(False, "make_labels changed its input in place. Hint: clone() first, or use masked_fill.")
+    if not torch.equal(got, expected):
+        return _say(False, "padding must become -100 (ignored by the loss); every real token, </s> "
+                           "included, stays. T5 shifts the labels itself: do not shift them.")
+    return _say(True, "padding is ignored, </s> is learned, and T5 builds its decoder inputs from these.")

@@ -1,0 +1,181 @@
+"""Training the miniature: determinism, checkpoints, the cache (all on the seconds-long quick config)."""
+
+import json
+
+import pytest
+import torch
+
+from qformer_lite import cache
+from qformer_lite.data import ShapesDataset
+from qformer_lite.miniature import (
+    MiniatureConfig, StageConfig, build_blip2, load_checkpoint, load_standins, query_only, save_checkpoint,
+)
+from qformer_lite.train import (
+    CaptionBatches, cached_stage1, cached_stage2, encode_images, exact_match, generate_captions, retrieval,
+    train_stage1, train_stage2,
+)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import os
+
+    os.environ["QFORMER_LITE_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    config = MiniatureConfig.quick()
+    standins = load_standins(config, progress=False)
+    features = encode_images(standins.image_encoder, standins.train_pool)
+    test = ShapesDataset("test", config.data)
+    test_pool = test.pool(range(12))
+    return config, standins, features, test_pool, encode_images(standins.image_encoder, test_pool)
+
+
+def test_cache_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path / "a"))
+    assert cache.cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("QFORMER_LITE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "qformer_lite"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "qformer_lite"
+
+
+def test_standins_are_cached_and_reused(setup):
+    config, standins, *_ = setup
+    again = load_standins(config, progress=False)
+    assert again.from_cache and not standins.from_cache
+    assert again.vision_history == standins.vision_history and len(standins.vision_history) == config.vision.steps
+    for a, b in zip(standins.language_model.parameters(), again.language_model.parameters()):
+        assert torch.equal(a, b)
+    assert not any(p.requires_grad for p in again.image_encoder.parameters())
+
+
+def test_an_interrupted_cache_write_leaves_nothing(tmp_path):
+    def fill(folder):
+        (folder / "half.bin").write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.write_atomically(tmp_path / "entry", fill)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stage1_is_deterministic_by_seed(setup):
+    config, standins, features, *_ = setup
+    captions, tok = standins.train_pool.captions, standins.tokenizer
+    _, h1 = train_stage1(config, features, captions, tok, progress=False)
+    _, h2 = train_stage1(config, features, captions, tok, progress=False)
+    _, h3 = train_stage1(MiniatureConfig.quick(seed=1), features, captions, tok, progress=False)
+    assert h1 == h2
+    assert h1["loss"] != h3["loss"]
+    assert set(h1) == {"loss", "itc", "itm", "itg"} and len(h1["loss"]) == config.stage1.steps
+
+
+def test_stage2_is_deterministic_by_seed(setup):
+    config, standins, features, *_ = setup
+    histories = []
+    for _ in range(2):
+        model = build_blip2(config, standins)
+        histories.append(train_stage2(config, model, features, standins.train_pool.captions, standins.tokenizer,
+                                      progress=False))
+    assert histories[0] == histories[1] and len(histories[0]["loss"]) == config.stage2.steps
+
+
+def test_stage2_trains_only_the_qformer_and_projection(setup):
+    config, standins, features, *_ = setup
+    model = build_blip2(config, standins)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("qformer.", "language_projection."))}
+    before = {k: v.clone() for k, v in model.qformer.state_dict().items()}
+    train_stage2(config, model, features, standins.train_pool.captions, standins.tokenizer, progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())
+    assert any(not torch.equal(v, model.qformer.state_dict()[k]) for k, v in before.items())
+
+
+def test_query_only_keeps_the_query_path(setup):
+    config, standins, features, *_ = setup
+    stage1, _ = train_stage1(config, features, standins.train_pool.captions, standins.tokenizer, progress=False)
+    q = query_only(stage1.qformer)
+    assert q.embeddings is None and all(layer.text_ffn is None for layer in q.layers)
+    x = features[:3]
+    assert torch.allclose(q(x).query_output, stage1.qformer(x).query_output, atol=1e-6)
+
+
+def test_checkpoint_round_trip_gives_the_same_captions(setup, tmp_path):
+    config, standins, features, test_pool, test_features = setup
+    model = build_blip2(config, standins)
+    train_stage2(config, model, features, standins.train_pool.captions, standins.tokenizer, progress=False)
+    save_checkpoint(model, config, standins.tokenizer, tmp_path / "ckpt")
+    loaded, loaded_config, tokenizer = load_checkpoint(tmp_path / "ckpt")
+    assert loaded_config == config
+    pixels = test_pool.pixels()
+    a = generate_captions(model, standins.tokenizer, pixel_values=pixels, num_beams=2)
+    b = generate_captions(loaded, tokenizer, pixel_values=pixels, num_beams=2)
+    assert a == b
+    # features or pixels: the same captions
+    assert generate_captions(loaded, tokenizer, features=test_features, num_beams=2) == b
+
+
+def test_incomplete_checkpoint_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="incomplete: missing model.safetensors, tokenizer.json"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_config_round_trip(tmp_path):
+    config = MiniatureConfig.default(seed=3)
+    config.save(tmp_path / "c.json")
+    assert MiniatureConfig.load(tmp_path / "c.json") == config
+    with pytest.raises(ValueError, match="unknown MiniatureConfig fields"):
+        MiniatureConfig.from_dict({"epochs": 3})
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        StageConfig(steps=0)
+
+
+def test_retrieval_measures(setup):
+    config, standins, features, test_pool, test_features = setup
+    stage1, _ = train_stage1(config, features, standins.train_pool.captions, standins.tokenizer, progress=False)
+    out = retrieval(stage1, test_features, test_pool.captions, standins.tokenizer, rerank_k=3)
+    assert out["candidates"] == sorted(set(test_pool.captions))
+    assert out["similarity"].shape == (len(test_pool), len(out["candidates"]))
+    assert 0.0 <= out["recall_at_1"] <= 1.0 and 0.0 <= out["recall_at_1_itc"] <= 1.0
+    itc_only = retrieval(stage1, test_features, test_pool.captions, standins.tokenizer, rerank_k=1)
+    assert itc_only["recall_at_1"] == itc_only["recall_at_1_itc"]  # k = 1: nothing to re-rank
+
+
+def test_exact_match():
+    assert exact_match(["a b", "c"], ["a b", "d"]) == 0.5
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        exact_match(["a", "b"], ["a"])
+
+
+def test_caption_batches_hold_distinct_captions():
+    captions = ShapesDataset("train").captions * 3
+    batches = CaptionBatches(captions, 32, seed=0, related_fraction=0.5)
+    for _ in range(20):
+        idx = batches.next()
+        assert len(idx) == 32 and len({captions[i] for i in idx}) == 32
+    with pytest.raises(ValueError, match="exceeds the number of distinct captions"):
+        CaptionBatches(["a", "b"], 3, seed=0)
+
+
+def test_cached_stages_are_reused(setup):
+    config, standins, features, *_ = setup
+    s1, h1, hit1 = cached_stage1(config, standins, features, progress=False)
+    s1b, h1b, hit1b = cached_stage1(config, standins, features, progress=False)
+    assert not hit1 and hit1b and h1 == h1b
+    for a, b in zip(s1.parameters(), s1b.parameters()):
+        assert torch.equal(a, b)
+    m, h2, hit2 = cached_stage2(config, standins, features, s1, progress=False)
+    mb, h2b, hit2b = cached_stage2(config, standins, features, s1b, progress=False)
+    assert not hit2 and hit2b and h2 == h2b
+    for a, b in zip(m.parameters(), mb.parameters()):
+        assert torch.equal(a, b)
+    json.dumps(h2)  # histories are plain JSON
