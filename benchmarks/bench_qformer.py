@@ -8,9 +8,9 @@ figures are medians over repeats and the ratios are lite / HF from the same run.
     python benchmarks/bench_qformer.py --device cuda --dtype bfloat16
     python benchmarks/bench_qformer.py --smoke           # a small, quick run
 
-Variants: ``hf`` (Blip2QFormerModel, SDPA), ``lite`` (QFormer as shipped, cross-attention from
-the query side), ``lite-plain`` (QFormer with the plain cross-attention the chapters teach)
-and ``hf-again`` (HF timed against itself: the noise floor of the ratio).
+Variants: ``hf`` (Blip2QFormerModel, SDPA), ``lite`` (QFormer as shipped: the plain
+cross-attention the chapters teach), ``lite-fast`` (cross-attention from the query side,
+fast.py) and ``hf-again`` (HF timed against itself: the noise floor of the ratio).
 Peak memory: on CUDA, torch's peak allocation during a step; on the CPU, the peak resident set
 (sampled every 0.5 ms) of a fresh process running one step of that variant alone, above its
 level once the model is built.
@@ -51,7 +51,7 @@ def build_models(cfg: QFormerConfig, dtype, device, seed=0):
 def make_step(name, hf, lite, queries, images, train):
     model = hf if name.startswith("hf") else lite
     if name.startswith("lite"):
-        lite.use_fast_cross_attention(name == "lite")
+        lite.use_fast_cross_attention(name == "lite-fast")
     q = queries.expand(images.shape[0], -1, -1)
 
     def forward():
@@ -87,7 +87,7 @@ def measure_speed(args, cfg, dtype):
     hf, lite, queries = build_models(cfg, dtype, args.device)
     g = torch.Generator().manual_seed(1)
     images = torch.randn(args.batch, args.image_tokens, cfg.encoder_hidden_size, generator=g).to(args.device, dtype)
-    variants = ["hf", "lite", "lite-plain", "hf-again"]
+    variants = ["hf", "lite", "lite-fast", "hf-again"]
     results = {}
     for train in (False, True):
         mode = "train" if train else "eval"
@@ -190,7 +190,7 @@ def main(argv=None):
     if args.device == "cpu":
         for mode in results:
             results[mode]["peak_memory_mib"] = {
-                v: cpu_peak_rss_child(args, v, mode == "train")["peak_above_model_mib"] for v in ("hf", "lite", "lite-plain")
+                v: cpu_peak_rss_child(args, v, mode == "train")["peak_above_model_mib"] for v in ("hf", "lite", "lite-fast")
             }
     clock = "CPU seconds" if args.device == "cpu" else "seconds"
     for mode, r in results.items():

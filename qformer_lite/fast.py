@@ -13,6 +13,12 @@ of the plain projection cost (384/768 for BLIP-2). At BLIP-2 size that is about 
 the same number q_h . b_k^h to every score of a row, which softmax ignores; the value bias
 comes out unchanged because each row of P sums to 1. The chapters teach the plain form;
 tests hold the two equal.
+
+Fewer multiply-adds did not make it faster where it was measured
+(benchmarks/bench_qformer.py): on a 2-core CPU the two forms take the same time, and on an
+H200 in bf16 the plain form is a little faster, because the (B, H*Q, C) x (C, N) products,
+the per-head (d x C) products and the layout copies between them run at a lower rate than
+one large (B*N, C) x (C, D) projection. So ``QFormer`` uses the plain form unless asked.
 """
 
 from __future__ import annotations
