@@ -107,7 +107,8 @@ class QFormer(nn.Module):
             parts.append(self.embeddings(input_ids))  # (B, T, D)
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-        x = self.dropout(self.layernorm(torch.cat(parts, dim=1)))  # (B, L, D), no positions for queries
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, L, D), no positions for queries
+        x = self.dropout(self.layernorm(x))
 
         mask = self._self_attention_mask(mode, num_queries, attention_mask, past_key_values, device)
         image_mask = None
