@@ -473,3 +473,69 @@ __all__ = [
     "check_query_path_params",
     "check_split_heads",
 ]
+
+
+# --- chapter 8 ----------------------------------------------------------------------------
+
+def check_placeholder_ids(fn: Callable) -> CheckResult:
+    """``fn(prompt_ids, prompt_mask, num_queries, image_token_id)`` must return HuggingFace's
+    ``input_ids`` and ``attention_mask``: the image placeholders in front of the prompt."""
+    name = getattr(fn, "__name__", "your function")
+    ids = torch.tensor([[17, 23, 5, 1], [44, 1, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    q, image_token = 3, 99
+    exp_ids = torch.cat([torch.full((2, q), image_token), ids], dim=1)
+    exp_mask = torch.cat([torch.ones(2, q, dtype=torch.long), mask], dim=1)
+    failed, got = _call(name, fn, ids, mask, q, image_token)
+    if failed is not None:
+        return failed
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return _say(False, f"{name} should return two tensors (input_ids, attention_mask), got {type(got).__name__}.")
+    got_ids, got_mask = (torch.as_tensor(t) for t in got)
+    if tuple(got_ids.shape) != tuple(exp_ids.shape):
+        return _say(False, f"input_ids has shape {tuple(got_ids.shape)}; expected {tuple(exp_ids.shape)}. "
+                           "Hint: one placeholder per query, for every image of the batch.")
+    if torch.equal(got_ids, torch.cat([ids, torch.full((2, q), image_token)], dim=1)):
+        return _say(False, "the placeholders are after the prompt. Hint: the queries come first, "
+                           "where Blip2T5 puts them.")
+    if not torch.equal(got_ids, exp_ids):
+        return _say(False, f"input_ids = {got_ids.tolist()}; expected {exp_ids.tolist()}.")
+    if not torch.equal(got_mask.long(), exp_mask):
+        return _say(False, f"attention_mask = {got_mask.tolist()}; expected {exp_mask.tolist()}. "
+                           "Hint: the placeholders are real inputs: ones, then the prompt's own mask.")
+    return _say(True, "32 placeholders in front of the prompt: HF scatters the projected queries into them.")
+
+
+def check_precision_guard(fn: Callable) -> CheckResult:
+    """``fn(language_model)`` must be False exactly when a feed-forward output layer
+    (``*.wo.weight``) is float16."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    name = getattr(fn, "__name__", "your function")
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=4)
+    cases = []
+    model = T5ForConditionalGeneration(cfg)
+    cases.append(("float32", model, True))
+    cases.append(("bfloat16", T5ForConditionalGeneration(cfg).to(torch.bfloat16), True))
+    half = T5ForConditionalGeneration(cfg).half()
+    cases.append(("float16 throughout", half, False))
+    mixed = T5ForConditionalGeneration(cfg).half()
+    for module_name, module in mixed.named_modules():
+        if module_name.endswith(".wo"):
+            module.float()
+    cases.append(("float16 with wo in float32", mixed, True))
+    only_one = T5ForConditionalGeneration(cfg)
+    only_one.decoder.block[0].layer[-1].DenseReluDense.wo.half()
+    cases.append(("float32 but one wo in float16", only_one, False))
+    for label, lm, expected in cases:
+        failed, got = _call(name, fn, lm)
+        if failed is not None:
+            return failed
+        if got is None:
+            return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
+        if bool(got) != expected:
+            hint = ("only the feed-forward output layers matter: the rest may be float16"
+                    if expected else "look at every parameter whose name ends in '.wo.weight'")
+            return _say(False, f"{name}(T5 in {label}) = {got}; expected {expected}. Hint: {hint}.")
+    return _say(True, "float16 is refused only where it overflows: in T5's feed-forward outputs.")

@@ -263,3 +263,18 @@ def randomize_weights_(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.
             is_norm_weight = ("layernorm" in name.lower() or "layer_norm" in name.lower()) and name.endswith("weight")
             p.copy_(1.0 + noise if is_norm_weight else noise)
     return model
+
+
+def tiny_t5_tokenizer(vocab_size: int = 120):
+    """A word-level T5-like tokenizer built locally (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2,
+    then "a", "photo", "of", ... and ``w<i>`` words); it appends ``</s>`` as T5's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "<unk>", "a", "photo", "of", "picture", "image", "showing", "an",
+             "Question:", "what", "is", "it?", "Short", "answer:"]
+    words += [f"w{i}" for i in range(vocab_size - 1 - len(words))]  # the last id stays free
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")

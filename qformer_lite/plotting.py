@@ -37,6 +37,7 @@ __all__ = [
     "mask_modes",
     "mask_explorer",
     "change_map",
+    "captioned_images",
 ]
 
 
@@ -502,4 +503,27 @@ def change_map(changes: Mapping[str, object], num_queries: int, changed_position
     axes.flat[-1].set_xticks(range(length), names, rotation=90, fontsize=8)
     axes.flat[0].set_title(title or "Largest change of each output after changing one text token", pad=14)
     fig.tight_layout()
+    return fig
+
+
+# --- chapter 8 -------------------------------------------------------------------------------
+
+def captioned_images(images, captions: Sequence[str], columns: int = 4, width: int = 34, title: str | None = None):
+    """Images (H, W, 3) in a row-major grid, each with its caption wrapped underneath."""
+    import textwrap
+
+    n = len(images)
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 4.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        picture = _to_numpy(image)
+        ax.imshow(picture, interpolation="nearest" if picture.shape[0] < 100 else "antialiased")
+        ax.text(0.5, -0.04, "\n".join(textwrap.wrap(caption or "(empty)", width)), transform=ax.transAxes,
+                ha="center", va="top", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.92 if title else 0.98, bottom=0.16, wspace=0.08, hspace=0.5)
     return fig

@@ -6,7 +6,7 @@ from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
 
 from hf_helpers import build, tiny_hf_blip2_config
 from qformer_lite.blip2_t5 import Blip2T5
-from qformer_lite.hf import blip2_t5_from_hf
+from qformer_lite.hf import blip2_t5_from_hf, tiny_t5_tokenizer
 
 IMAGE_TOKEN = 119  # the last id of the tiny vocabulary
 
@@ -112,26 +112,13 @@ def test_a_missing_folder_is_a_clear_error(tmp_path):
         blip2_t5_from_hf(tmp_path / "nowhere")
 
 
-def word_tokenizer(vocab_size=119):
-    """A T5-like tokenizer made locally: <pad>=0, </s>=1, <unk>=2, then words; appends </s>."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<pad>", "</s>", "<unk>", "a", "photo", "of", "Question:", "what", "is", "it?", "Short", "answer:"]
-    words += [f"w{i}" for i in range(vocab_size - len(words))]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
 @torch.no_grad()
 def test_captioner_batches_prompts_of_different_lengths(saved):
     from qformer_lite.captioning import VQA_PROMPT, Captioner
 
     hf, _ = saved
     lite = blip2_t5_from_hf(hf)
-    tok = word_tokenizer()
+    tok = tiny_t5_tokenizer()
     images = [torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     captioner = Captioner(lite, tok, lambda imgs: torch.stack(list(imgs)))
     texts = ["a photo of", "", VQA_PROMPT.format("what is it?")]
