@@ -287,7 +287,6 @@ class ShapesDataset:
         self.seed = seed
         captions = split_captions(self.config)
         self.captions = captions.train if split == "train" else captions.test
-        cfg = self.config
         singles = [c for c in self.captions if not any(f" {r} " in c for r in RELATIONS)]
         self._singles, self._pairs = singles, [c for c in self.captions if c not in set(singles)]
 

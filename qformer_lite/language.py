@@ -112,8 +112,12 @@ class LanguageConfig:
     num_layers: int = 2
     num_decoder_layers: int = 2
     num_heads: int = 4
+    # T5's default: 32 buckets, exact up to 8 positions each way. Coarser buckets blur word
+    # order, and T5 then swaps the colours of two objects even when copying a caption.
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
     # pretraining: rebuild the caption from a corrupted copy
-    steps: int = 400
+    steps: int = 600
     batch_size: int = 128
     lr: float = 3e-3
     warmup_steps: int = 30
@@ -121,16 +125,19 @@ class LanguageConfig:
     drop_prob: float = 0.25
     mask_prob: float = 0.3
     empty_prob: float = 0.1  # rebuild from nothing: the decoder's own prior over captions
-    # "swap" (two neighbours exchanged) is left out by default: it teaches T5 to put words back
-    # in the order it expects, and a soft prompt then loses which colour goes with which shape
-    corruptions: tuple[str, ...] = ("drop", "mask")
+    # "none" (copy the caption as it is) teaches T5 to follow its input word for word, even a
+    # caption it never saw; "swap" (two neighbours exchanged) is left out by default: it teaches
+    # T5 to put words back in the order it expects, which undoes the order a soft prompt gives
+    corruptions: tuple[str, ...] = ("none", "drop", "mask")
     corpus: str = "train"  # "train": the training split's captions; "all": every sentence of the language
 
     def __post_init__(self) -> None:
         self.corruptions = tuple(self.corruptions)
-        unknown = set(self.corruptions) - {"drop", "mask", "swap"}
+        unknown = set(self.corruptions) - {"none", "drop", "mask", "swap"}
         if not self.corruptions or unknown:
-            raise ValueError(f"LanguageConfig.corruptions must be drawn from drop, mask, swap; got {self.corruptions!r}")
+            raise ValueError(
+                f"LanguageConfig.corruptions must be drawn from none, drop, mask, swap; got {self.corruptions!r}"
+            )
         if self.corpus not in ("train", "all"):
             raise ValueError(f"LanguageConfig.corpus must be 'train' or 'all', got {self.corpus!r}")
 
@@ -139,7 +146,8 @@ def build_t5(config: LanguageConfig, tokenizer: CaptionTokenizer) -> T5ForCondit
     t5_config = T5Config(
         vocab_size=len(tokenizer), d_model=config.d_model, d_kv=config.d_kv, d_ff=config.d_ff,
         num_layers=config.num_layers, num_decoder_layers=config.num_decoder_layers, num_heads=config.num_heads,
-        relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
+        relative_attention_num_buckets=config.relative_attention_num_buckets,
+        relative_attention_max_distance=config.relative_attention_max_distance, dropout_rate=0.0,
         feed_forward_proj="gated-gelu", tie_word_embeddings=False,  # Flan-T5's (T5 v1.1) layout
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
@@ -148,13 +156,16 @@ def build_t5(config: LanguageConfig, tokenizer: CaptionTokenizer) -> T5ForCondit
 
 
 def corrupt(caption: str, rng: np.random.Generator, config: LanguageConfig) -> str:
-    """One corrupted copy of a caption: some words dropped, some masked, or two neighbours
-    swapped (one of ``config.corruptions`` at random); or, with ``empty_prob``, nothing at all."""
+    """One corrupted copy of a caption: unchanged, some words dropped, some masked, or two
+    neighbours swapped (one of ``config.corruptions`` at random); or, with ``empty_prob``,
+    nothing at all."""
     words = caption.split()
     if rng.random() < config.empty_prob:
         return ""
     kind = config.corruptions[int(rng.integers(len(config.corruptions)))]
-    if kind == "drop":
+    if kind == "none":
+        pass
+    elif kind == "drop":
         keep = rng.random(len(words)) >= config.drop_prob
         keep[rng.integers(len(words))] = True
         words = [w for w, k in zip(words, keep) if k]

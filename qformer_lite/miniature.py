@@ -9,6 +9,7 @@ reads from the cache) everything that is frozen during the Q-Former's training.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -73,7 +74,7 @@ class MiniatureConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
     qformer: QFormerConfig = field(default_factory=lambda: miniature_qformer(VisionConfig()))
-    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=600, lr=2e-3, related_fraction=0.5))
+    stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=400, lr=2e-3, related_fraction=0.5))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=1000, lr=3e-3))
     num_beams: int = 5  # LAVIS's default for captions
     max_new_tokens: int = 12  # captions are at most 8 words + </s>
@@ -160,9 +161,10 @@ class StandIns:
     language_model: nn.Module  # a tiny T5ForConditionalGeneration
     tokenizer: CaptionTokenizer
     train_pool: ImagePool
-    vision_history: list[float] = field(default_factory=list)  # empty when read from the cache
+    vision_history: list[float] = field(default_factory=list)
     language_history: list[float] = field(default_factory=list)
     from_cache: bool = False
+    seconds: dict = field(default_factory=dict)  # wall time of each part: images, image encoder, language model
 
 
 def train_pool(config: MiniatureConfig) -> ImagePool:
@@ -171,7 +173,10 @@ def train_pool(config: MiniatureConfig) -> ImagePool:
 
 def load_standins(config: MiniatureConfig, progress: bool = True, use_cache: bool = True) -> StandIns:
     """The pretrained image encoder and T5, read from the cache, or pretrained (and cached) if absent."""
+    seconds = {}
+    t = time.perf_counter()
     pool = train_pool(config)
+    seconds["images"] = time.perf_counter() - t
     tokenizer = CaptionTokenizer()
     captions = ShapesDataset("train", config.data, seed=config.seed).captions
     if config.language.corpus == "all":
@@ -180,6 +185,7 @@ def load_standins(config: MiniatureConfig, progress: bool = True, use_cache: boo
     l_dir = cache.entry_path(language_key(config.language, tokenizer, captions, config.seed))
     encoder, t5 = ImageEncoder(config.vision), build_t5(config.language, tokenizer)
     v_hist = l_hist = []
+    t = time.perf_counter()
     hit = use_cache and cache.complete(v_dir, ("model.safetensors", "history.json"))
     if hit:
         cache.load_module(encoder, v_dir)
@@ -188,6 +194,8 @@ def load_standins(config: MiniatureConfig, progress: bool = True, use_cache: boo
         encoder, v_hist = pretrain_image_encoder(config.vision, pool, seed=config.seed, progress=progress)
         if use_cache:
             cache.write_atomically(v_dir, lambda d: _save_with_history(encoder, v_hist, d))
+    seconds["image_encoder"] = time.perf_counter() - t
+    t = time.perf_counter()
     l_hit = use_cache and cache.complete(l_dir, ("model.safetensors", "history.json"))
     if l_hit:
         cache.load_module(t5, l_dir)
@@ -196,7 +204,9 @@ def load_standins(config: MiniatureConfig, progress: bool = True, use_cache: boo
         t5, l_hist = pretrain_t5(config.language, tokenizer, captions, seed=config.seed, progress=progress)
         if use_cache:
             cache.write_atomically(l_dir, lambda d: _save_with_history(t5, l_hist, d))
-    return StandIns(freeze(encoder), freeze(t5), tokenizer, pool, v_hist, l_hist, from_cache=hit and l_hit)
+    seconds["language_model"] = time.perf_counter() - t
+    return StandIns(freeze(encoder), freeze(t5), tokenizer, pool, v_hist, l_hist, from_cache=hit and l_hit,
+                    seconds=seconds)
 
 
 def _save_with_history(module: nn.Module, history: list[float], folder: Path) -> None:

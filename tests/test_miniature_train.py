@@ -145,9 +145,10 @@ def test_retrieval_measures(setup):
     out = retrieval(stage1, test_features, test_pool.captions, standins.tokenizer, rerank_k=3)
     assert out["candidates"] == sorted(set(test_pool.captions))
     assert out["similarity"].shape == (len(test_pool), len(out["candidates"]))
-    assert 0.0 <= out["recall_at_1"] <= 1.0 and 0.0 <= out["recall_at_1_itc"] <= 1.0
+    assert 0.0 <= out["recall_at_1"] <= 1.0 and 0.0 <= out["recall_at_1_itm_rerank"] <= 1.0
+    assert torch.equal(out["chosen"], out["similarity"].argmax(dim=1))
     itc_only = retrieval(stage1, test_features, test_pool.captions, standins.tokenizer, rerank_k=1)
-    assert itc_only["recall_at_1"] == itc_only["recall_at_1_itc"]  # k = 1: nothing to re-rank
+    assert itc_only["recall_at_1"] == itc_only["recall_at_1_itm_rerank"]  # k = 1: nothing to re-rank
 
 
 def test_exact_match():
