@@ -94,7 +94,6 @@ class QFormer(nn.Module):
         reading the cached queries: LAVIS's ITG pass (equal to a joint ``"itg"`` pass)."""
         cfg = self.config
         batch = self._check_inputs(image_embeds, input_ids, attention_mask, mode, image_attention_mask, past_key_values)
-        device = (image_embeds if image_embeds is not None else input_ids).device
         run_queries = image_embeds is not None and past_key_values is None
         if image_embeds is not None:
             image_embeds = image_embeds.to(self.layernorm.weight.dtype)  # the Q-Former runs in its own dtype (fp32)
@@ -110,7 +109,7 @@ class QFormer(nn.Module):
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B, L, D), no positions for queries
         x = self.dropout(self.layernorm(x))
 
-        mask = self._self_attention_mask(mode, num_queries, attention_mask, past_key_values, device)
+        mask = self._self_attention_mask(mode, num_queries, attention_mask, past_key_values)
         image_mask = None
         if run_queries and image_attention_mask is not None and not bool(image_attention_mask.all()):
             image_mask = image_attention_mask.bool()[:, None, None, :]  # (B, 1, 1, N)
@@ -137,16 +136,13 @@ class QFormer(nn.Module):
             past_key_values=tuple(cache) if use_cache and run_queries else None,
         )
 
-    def _self_attention_mask(self, mode, num_queries, text_mask, past_key_values, device):
+    def _self_attention_mask(self, mode, num_queries, text_mask, past_key_values):
         if text_mask is None:
             return None  # queries only: they all see each other
         if past_key_values is not None:  # text rows only, cached queries as the key prefix
             q = past_key_values[0][0].shape[2]
             return build_attention_mask(mode, q, text_mask)[:, None, q:, :]  # (B, 1, T, Q + T)
-        if num_queries == 0:  # text-only pass: the text block of the mode's pattern
-            full = build_attention_mask(mode, 0, text_mask)
-        else:
-            full = build_attention_mask(mode, num_queries, text_mask)
+        full = build_attention_mask(mode, num_queries, text_mask)  # num_queries = 0: the text block alone
         if bool(full.all()):
             return None  # nothing to hide: let SDPA take its unmasked path
         return full[:, None]  # (B, 1, L, L)
