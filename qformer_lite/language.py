@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -81,6 +82,18 @@ class CaptionTokenizer:
         """``[CLS] words [SEP]``, right-padded: ids and mask, (B, T) each."""
         return self._batch(self._qformer, texts)
 
+    def __call__(self, texts: list[str], padding: str | bool = "longest", return_tensors: str = "pt"):
+        """The HuggingFace tokenizer call that ``Captioner`` makes: T5 framing (``words </s>``),
+        right-padded to the longest. Returns an object with ``.input_ids`` and ``.attention_mask``."""
+        if padding not in ("longest", True) or return_tensors != "pt":
+            raise ValueError(
+                f"CaptionTokenizer pads to the longest text and returns torch tensors: expected "
+                f'padding="longest" and return_tensors="pt", got padding={padding!r}, '
+                f"return_tensors={return_tensors!r}"
+            )
+        ids, mask = self.t5(texts)
+        return SimpleNamespace(input_ids=ids, attention_mask=mask)
+
     def decode(self, ids) -> str:
         """Words of one sequence, stopping at ``</s>`` and skipping the other special tokens."""
         inv = {i: t for t, i in self.vocab.items()}
@@ -93,7 +106,8 @@ class CaptionTokenizer:
                 out.append(tok)
         return " ".join(out)
 
-    def batch_decode(self, ids) -> list[str]:
+    def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:
+        """Words of each row; special tokens are always skipped (as HF's ``skip_special_tokens``)."""
         return [self.decode(row) for row in ids]
 
     def save(self, path: str | Path) -> None:
@@ -117,8 +131,8 @@ class LanguageConfig:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     # pretraining: rebuild the caption from a corrupted copy
-    steps: int = 600
-    batch_size: int = 128
+    steps: int = 800
+    batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01

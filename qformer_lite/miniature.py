@@ -75,7 +75,7 @@ class MiniatureConfig:
     language: LanguageConfig = field(default_factory=LanguageConfig)
     qformer: QFormerConfig = field(default_factory=lambda: miniature_qformer(VisionConfig()))
     stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=400, lr=2e-3, related_fraction=0.5))
-    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=1000, lr=3e-3))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=1500, lr=3e-3))
     num_beams: int = 5  # LAVIS's default for captions
     max_new_tokens: int = 12  # captions are at most 8 words + </s>
     rerank_k: int = 8  # ITC candidates re-ranked by ITM for recall@1 (LAVIS's k_test)

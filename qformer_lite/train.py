@@ -136,7 +136,7 @@ def train_stage2(
     turns into the caption. Trains ``model`` in place; returns ``{"loss": [...]}``."""
     stage = config.stage2
     model.train()
-    opt = _optimizer(model.parameters(), stage)
+    opt = _optimizer(model.parameters(), stage)  # the frozen encoder and T5 are left out
     labels, label_mask = tokenizer.t5(captions)  # (N, T) "words </s>"
     labels = labels.masked_fill(label_mask == 0, -100)  # padding is not a target
     batches = CaptionBatches(captions, stage.batch_size, config.seed + 5, stage.related_fraction)
@@ -345,3 +345,35 @@ def cached_stage2(
 
     cache.write_atomically(folder, fill)
     return model.eval(), history, False
+
+
+@dataclass
+class Trained:
+    """The miniature BLIP-2 after both stages, as chapters 6 and 7 left it in the cache."""
+
+    model: Blip2T5
+    tokenizer: CaptionTokenizer
+    config: MiniatureConfig
+    stage1: QFormerPretraining
+
+
+def trained(config: MiniatureConfig | None = None, progress: bool = True) -> Trained:
+    """Stand-ins, stage 1 and stage 2 with ``config`` (default: ``MiniatureConfig.default()``),
+    each read from the cache, or trained and cached where it is absent."""
+    config = config or MiniatureConfig.default()
+    standins = load_standins(config, progress=progress)
+    features = encode_images(standins.image_encoder, standins.train_pool)  # (N, L, C)
+    stage1, _, _ = cached_stage1(config, standins, features, progress=progress)
+    model, _, _ = cached_stage2(config, standins, features, stage1, progress=progress)
+    return Trained(model.eval(), standins.tokenizer, config, stage1.eval())
+
+
+def test_images(n: int, config: MiniatureConfig | None = None, stride: int | None = None):
+    """``n`` held-out images (uint8 (H, W, 3) each) and their true captions, spread over the split."""
+    config = config or MiniatureConfig.default()
+    test = ShapesDataset("test", config.data, seed=config.seed)
+    if not 1 <= n <= len(test):
+        raise ValueError(f"n must be between 1 and the {len(test)} test images, got {n}")
+    stride = stride or len(test) // n
+    pool = test.pool([i * stride for i in range(n)])
+    return [image.numpy() for image in pool.images], list(pool.captions)

@@ -11,18 +11,22 @@ from qformer_lite import cli
 from qformer_lite.data import DataConfig, ShapesDataset
 
 
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("miniature_cli_cache")
+
+
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def _private_cache(cache_root, monkeypatch):
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(cache_root))
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    import os
-
-    os.environ["QFORMER_LITE_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+def trained(cache_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "mini"
-    assert cli.main(["train", "--output", str(out), "--preset", "quick", "--quiet"]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QFORMER_LITE_CACHE", str(cache_root))
+        assert cli.main(["train", "--output", str(out), "--preset", "quick", "--quiet"]) == 0
     return out
 
 

@@ -16,18 +16,23 @@ from qformer_lite.train import (
 )
 
 
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    # a folder of this module's own: another module's run must not have filled it already
+    return tmp_path_factory.mktemp("miniature_train_cache")
+
+
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def _private_cache(cache_root, monkeypatch):
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(cache_root))
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    import os
-
-    os.environ["QFORMER_LITE_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
-    config = MiniatureConfig.quick()
-    standins = load_standins(config, progress=False)
+def setup(cache_root):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QFORMER_LITE_CACHE", str(cache_root))
+        config = MiniatureConfig.quick()
+        standins = load_standins(config, progress=False)
     features = encode_images(standins.image_encoder, standins.train_pool)
     test = ShapesDataset("test", config.data)
     test_pool = test.pool(range(12))
@@ -180,3 +185,38 @@ def test_cached_stages_are_reused(setup):
     for a, b in zip(m.parameters(), mb.parameters()):
         assert torch.equal(a, b)
     json.dumps(h2)  # histories are plain JSON
+
+
+def test_trained_reads_both_stages_and_captions_through_captioner(setup):
+    from qformer_lite.captioning import Captioner
+    from qformer_lite.data import to_tensor
+    from qformer_lite.train import test_images, trained
+
+    config, *_ = setup
+    first = trained(config, progress=False)  # trains what the cache lacks
+    again = trained(config, progress=False)  # reads it all back
+    for a, b in zip(first.model.parameters(), again.model.parameters()):
+        assert torch.equal(a, b)
+    images, truths = test_images(3, config)
+    assert len(images) == 3 and images[0].shape == (48, 48, 3) and images[0].dtype.name == "uint8"
+    test = ShapesDataset("test", config.data)
+    stride = len(test) // 3  # spread over the split
+    assert truths == [test[i][1] for i in (0, stride, 2 * stride)]
+    captioner = Captioner(again.model, again.tokenizer, to_tensor)
+    via_captioner = captioner.caption(images, num_beams=2, max_new_tokens=12)
+    direct = generate_captions(again.model, again.tokenizer, pixel_values=to_tensor(images), num_beams=2)
+    assert via_captioner == direct
+    with pytest.raises(ValueError, match="between 1 and the"):
+        test_images(0, config)
+
+
+def test_caption_tokenizer_speaks_the_hf_call(setup):
+    _, standins, *_ = setup
+    tok = standins.tokenizer
+    enc = tok(["a red circle", ""], padding="longest", return_tensors="pt")
+    ids, mask = tok.t5(["a red circle", ""])
+    assert torch.equal(enc.input_ids, ids) and torch.equal(enc.attention_mask, mask)
+    assert enc.input_ids[1, 0] == tok.eos_token_id and enc.attention_mask[1].tolist() == [1, 0, 0, 0]
+    assert tok.batch_decode(ids, skip_special_tokens=True) == ["a red circle", ""]
+    with pytest.raises(ValueError, match='padding="longest"'):
+        tok(["a"], padding="max_length")
