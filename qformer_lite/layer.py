@@ -8,7 +8,7 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .config import QFormerConfig
-from .fast import query_side_cross_attention
+from .fast import query_side_cross_attention, worthwhile
 
 _ACT = {
     "gelu": F.gelu,
@@ -79,7 +79,8 @@ class QFormerLayer(nn.Module):
         )
         self.query_ffn = FeedForward(config)
         self.text_ffn = FeedForward(config) if config.use_qformer_text_input else None
-        self.fast_cross_attention = False  # QFormer switches it on: the same numbers, less arithmetic (fast.py)
+        # "auto", True or False (QFormer sets it): the query-side form of fast.py, same numbers
+        self.fast_cross_attention: bool | str = False
 
     def forward(
         self,
@@ -107,7 +108,10 @@ class QFormerLayer(nn.Module):
         return out, self_probs, cross_probs, kv
 
     def _cross_attend(self, queries, image_embeds, image_mask, output_attentions):
-        if self.fast_cross_attention:
+        fast = self.fast_cross_attention
+        if fast == "auto":
+            fast = worthwhile(self.cross_attention.attention, queries.shape[1], image_embeds)
+        if fast:
             return query_side_cross_attention(self.cross_attention, queries, image_embeds, image_mask, output_attentions)
         out, probs, _ = self.cross_attention(queries, image_embeds, image_mask, output_attentions)
         return out, probs

@@ -46,7 +46,7 @@ class QFormer(nn.Module):
     together under the ``mode``'s mask (``"itc"``, ``"itm"``, ``"itg"``; see masks.py).
     """
 
-    def __init__(self, config: QFormerConfig, fast_cross_attention: bool = False):
+    def __init__(self, config: QFormerConfig, fast_cross_attention: bool | str = "auto"):
         super().__init__()
         self.config = config
         self.query_tokens = LearnableQueries(config.num_query_tokens, config.hidden_size, config.initializer_range)
@@ -70,10 +70,14 @@ class QFormer(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def use_fast_cross_attention(self, enabled: bool = True) -> "QFormer":
-        """Compute cross-attention from the query side (fast.py): same outputs, a third less
-        arithmetic in those layers, but not faster on the CPUs and the GPU measured (its
-        batched products run less efficiently than one large projection), hence off by default."""
+    def use_fast_cross_attention(self, enabled: bool | str = True) -> "QFormer":
+        """How cross-attention is computed; the outputs are the same either way (up to float
+        rounding). False: the plain form the chapters teach. True: from the query side
+        (fast.py), a third less arithmetic at BLIP-2 size. "auto" (the default): the query
+        side on the CPU where it saves arithmetic, where it was measured faster; the plain
+        form on GPUs, where it was measured faster."""
+        if enabled not in (True, False, "auto"):
+            raise ValueError(f'fast_cross_attention must be True, False or "auto", got {enabled!r}')
         for layer in self.layers:
             layer.fast_cross_attention = enabled
         return self

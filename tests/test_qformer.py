@@ -206,3 +206,46 @@ def test_bad_input_raises_a_clear_value_error(case):
         make()(**kwargs)
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+def test_auto_cross_attention_picks_the_query_side_only_where_it_saves_arithmetic(monkeypatch):
+    from qformer_lite import fast
+
+    # BLIP-2: 12 heads x 32 queries over 257 tokens: 38% fewer multiply-adds
+    assert fast.arithmetic_ratio(12, 32, 64, 257) == pytest.approx(0.6245, abs=1e-4)
+    calls = []
+    real = fast.query_side_cross_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    import qformer_lite.layer as layer_module
+
+    monkeypatch.setattr(layer_module, "query_side_cross_attention", spy)
+    few_tokens = make()  # tiny: 4 heads x 8 queries over 7 tokens would cost more
+    assert few_tokens.layers[0].fast_cross_attention == "auto"
+    few_tokens(inputs()[0])
+    assert calls == []
+    many_tokens = make(num_query_tokens=4)
+    img = torch.randn(2, 200, many_tokens.config.encoder_hidden_size)
+    out_auto = many_tokens(img).query_output
+    assert len(calls) == many_tokens.config.num_hidden_layers // many_tokens.config.cross_attention_frequency
+    out_plain = many_tokens.use_fast_cross_attention(False)(img).query_output
+    assert (out_auto - out_plain).abs().max() < TOL
+    with pytest.raises(ValueError, match='True, False or "auto", got \'yes\''):
+        many_tokens.use_fast_cross_attention("yes")
+
+
+def test_query_side_form_with_one_image_mask_for_the_batch():
+    from qformer_lite.fast import query_side_cross_attention
+
+    m = make()
+    block = m.layers[0].cross_attention
+    q, img = torch.randn(3, 8, 64), torch.randn(3, 7, m.config.encoder_hidden_size)
+    mask = torch.ones(1, 1, 1, 7, dtype=torch.bool)
+    mask[..., 5:] = False  # the same two tokens hidden in every image
+    plain, p_plain, _ = block(q, img, mask, True)
+    fast, p_fast = query_side_cross_attention(block, q, img, mask, True)
+    assert (plain - fast).abs().max() < TOL and (p_plain - p_fast).abs().max() < TOL
+    assert p_fast[..., 5:].abs().max() == 0
