@@ -503,7 +503,7 @@ def check_placeholder_ids(fn: Callable) -> CheckResult:
     if not torch.equal(got_mask.long(), exp_mask):
         return _say(False, f"attention_mask = {got_mask.tolist()}; expected {exp_mask.tolist()}. "
                            "Hint: the placeholders are real inputs: ones, then the prompt's own mask.")
-    return _say(True, "32 placeholders in front of the prompt: HF scatters the projected queries into them.")
+    return _say(True, "num_queries placeholders in front of the prompt: HF scatters the projected queries into them.")
 
 
 def check_precision_guard(fn: Callable) -> CheckResult:

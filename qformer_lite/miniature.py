@@ -227,8 +227,8 @@ def query_only(qformer: QFormer) -> QFormer:
 
 def build_blip2(config: MiniatureConfig, standins: StandIns, qformer: QFormer | None = None) -> Blip2T5:
     """Frozen encoder -> query-only Q-Former (fresh, or from stage 1) -> projection -> frozen T5."""
+    torch.manual_seed(config.seed + 2)  # the projection (and a fresh Q-Former) start the same in every caller
     if qformer is None:
-        torch.manual_seed(config.seed + 2)
         qformer = QFormer(QFormerConfig.from_dict({**config.qformer.to_dict(), "use_qformer_text_input": False}))
     elif qformer.embeddings is not None:
         qformer = query_only(qformer)
