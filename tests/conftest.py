@@ -12,3 +12,13 @@ import torch  # noqa: E402
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_cache(tmp_path_factory, request):
+    """Each test module gets a QFORMER_LITE_CACHE of its own for all its tests: none finds the
+    cache filled by another module, and nothing is written to the user's cache."""
+    folder = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1] + "_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QFORMER_LITE_CACHE", str(folder))
+        yield folder

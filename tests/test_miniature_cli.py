@@ -12,21 +12,9 @@ from qformer_lite.data import DataConfig, ShapesDataset
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("miniature_cli_cache")
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(cache_root, monkeypatch):
-    monkeypatch.setenv("QFORMER_LITE_CACHE", str(cache_root))
-
-
-@pytest.fixture(scope="module")
-def trained(cache_root, tmp_path_factory):
+def trained(module_cache, tmp_path_factory):  # module_cache: this module's own, empty at first
     out = tmp_path_factory.mktemp("run") / "mini"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("QFORMER_LITE_CACHE", str(cache_root))
-        assert cli.main(["train", "--output", str(out), "--preset", "quick", "--quiet"]) == 0
+    assert cli.main(["train", "--output", str(out), "--preset", "quick", "--quiet"]) == 0
     return out
 
 

@@ -17,22 +17,9 @@ from qformer_lite.train import (
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory):
-    # a folder of this module's own: another module's run must not have filled it already
-    return tmp_path_factory.mktemp("miniature_train_cache")
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(cache_root, monkeypatch):
-    monkeypatch.setenv("QFORMER_LITE_CACHE", str(cache_root))
-
-
-@pytest.fixture(scope="module")
-def setup(cache_root):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("QFORMER_LITE_CACHE", str(cache_root))
-        config = MiniatureConfig.quick()
-        standins = load_standins(config, progress=False)
+def setup(module_cache):  # module_cache: this module's own, empty at first
+    config = MiniatureConfig.quick()
+    standins = load_standins(config, progress=False)
     features = encode_images(standins.image_encoder, standins.train_pool)
     test = ShapesDataset("test", config.data)
     test_pool = test.pool(range(12))
