@@ -135,3 +135,20 @@ def test_captioner_batches_prompts_of_different_lengths(saved):
     )[0]
     with pytest.raises(ValueError, match="3 images, 2 prompts"):
         captioner.caption(images, prompt=texts[:2])
+
+
+@torch.no_grad()
+def test_chapter_8_loading_route_keeps_hf_equal(saved):
+    """Chapter 8 on a GPU: load in float16 (HF then keeps query_tokens, qformer and T5's wo in
+    float32; in bfloat16 it would not), then move the shared parts to bfloat16."""
+    _, path = saved
+    hf = Blip2ForConditionalGeneration.from_pretrained(path, dtype=torch.float16).eval()
+    assert hf.qformer.layernorm.weight.dtype == torch.float32 and hf.query_tokens.dtype == torch.float32
+    lite = blip2_t5_from_hf(hf, dtype=torch.bfloat16)  # the vision encoder, projection and T5 are shared
+    assert hf.language_model.shared.weight.dtype == torch.bfloat16
+    assert hf.qformer.layernorm.weight.dtype == torch.float32  # HF's own Q-Former is left as it was
+    ids, mask, hf_ids, hf_mask = prompts(hf.config.num_query_tokens)
+    px = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    kw = dict(num_beams=3, max_new_tokens=10, min_new_tokens=2)
+    ref = hf.generate(pixel_values=px, input_ids=hf_ids, attention_mask=hf_mask, **kw)
+    assert torch.equal(lite.generate(px, ids, mask, **kw), ref)
