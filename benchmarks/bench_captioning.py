@@ -102,7 +102,6 @@ def main(argv=None):
     hf, lite = build(cfg, args.device, dtype)
     build_s = time.perf_counter() - t0
     size = cfg.vision_config.image_size
-    q = cfg.num_query_tokens
     pixels = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     pixels = pixels.to(args.device, dtype)
     gen = dict(num_beams=args.beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)

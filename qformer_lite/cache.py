@@ -73,3 +73,39 @@ def write_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
 
 def complete(folder: Path, names: tuple[str, ...]) -> bool:
     return folder.is_dir() and all((folder / n).is_file() for n in names)
+
+
+def cached_training(
+    folder: Path, module: nn.Module, train: Callable[[], tuple[nn.Module, object]], use_cache: bool = True,
+    trainable_only: bool = False,
+) -> tuple[nn.Module, object, bool]:
+    """``module`` and its training history, read from ``folder`` when the entry is complete;
+    otherwise ``train()`` returns them and they are written there (atomically).
+
+    ``trainable_only``: the entry holds only the parameters that require grad (stage 2, whose
+    frozen encoder and T5 are cached on their own). Returns (module, history, from_cache).
+    """
+    names = ("model.safetensors", "history.json")
+    if use_cache and complete(folder, names):
+        state = load_file(str(folder / names[0]))
+        needed = {k for k, p in module.named_parameters() if p.requires_grad} if trainable_only else None
+        try:
+            missing, unexpected = module.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # a tensor of the wrong shape
+            raise ValueError(f"cache entry {folder} does not fit this model: {err}") from None
+        missing = sorted(set(missing) & needed) if trainable_only else missing
+        if missing or unexpected:
+            raise ValueError(f"cache entry {folder} does not fit this model: missing {missing}, unexpected {unexpected}")
+        return module, json.loads((folder / names[1]).read_text()), True
+    module, history = train()
+    if use_cache:
+        def fill(d: Path) -> None:
+            if trainable_only:
+                state = {k: p.detach().contiguous() for k, p in module.named_parameters() if p.requires_grad}
+                save_file(state, str(d / names[0]))
+            else:
+                save_module(module, d)
+            (d / names[1]).write_text(json.dumps(history))
+
+        write_atomically(folder, fill)
+    return module, history, False

@@ -248,13 +248,6 @@ def to_tensor(images: np.ndarray | list[np.ndarray] | torch.Tensor) -> torch.Ten
 
 
 @dataclass
-class Batch:
-    pixel_values: torch.Tensor  # (B, 3, H, W)
-    captions: list[str]
-    scenes: list[Scene] = field(repr=False, default_factory=list)
-
-
-@dataclass
 class ImagePool:
     """Rendered images kept as uint8 (4x smaller than floats), with their captions and scenes."""
 
@@ -319,12 +312,3 @@ class ShapesDataset:
             captions.append(scene.caption)
             scenes.append(scene)
         return ImagePool(torch.from_numpy(np.stack(images)), captions, scenes)
-
-    def batch(self, indices) -> Batch:
-        images, captions, scenes = [], [], []
-        for i in indices:
-            scene, rng = self.scene(int(i))
-            images.append(render(scene, self.config, rng))
-            captions.append(scene.caption)
-            scenes.append(scene)
-        return Batch(to_tensor(images), captions, scenes)

@@ -184,34 +184,18 @@ def load_standins(config: MiniatureConfig, progress: bool = True, use_cache: boo
     v_dir = cache.entry_path(vision_key(config.vision, config.data, config.seed, config.train_images))
     l_dir = cache.entry_path(language_key(config.language, tokenizer, captions, config.seed))
     encoder, t5 = ImageEncoder(config.vision), build_t5(config.language, tokenizer)
-    v_hist = l_hist = []
     t = time.perf_counter()
-    hit = use_cache and cache.complete(v_dir, ("model.safetensors", "history.json"))
-    if hit:
-        cache.load_module(encoder, v_dir)
-        v_hist = json.loads((v_dir / "history.json").read_text())
-    else:
-        encoder, v_hist = pretrain_image_encoder(config.vision, pool, seed=config.seed, progress=progress)
-        if use_cache:
-            cache.write_atomically(v_dir, lambda d: _save_with_history(encoder, v_hist, d))
+    encoder, v_hist, hit = cache.cached_training(
+        v_dir, encoder, lambda: pretrain_image_encoder(config.vision, pool, seed=config.seed, progress=progress),
+        use_cache)
     seconds["image_encoder"] = time.perf_counter() - t
     t = time.perf_counter()
-    l_hit = use_cache and cache.complete(l_dir, ("model.safetensors", "history.json"))
-    if l_hit:
-        cache.load_module(t5, l_dir)
-        l_hist = json.loads((l_dir / "history.json").read_text())
-    else:
-        t5, l_hist = pretrain_t5(config.language, tokenizer, captions, seed=config.seed, progress=progress)
-        if use_cache:
-            cache.write_atomically(l_dir, lambda d: _save_with_history(t5, l_hist, d))
+    t5, l_hist, l_hit = cache.cached_training(
+        l_dir, t5, lambda: pretrain_t5(config.language, tokenizer, captions, seed=config.seed, progress=progress),
+        use_cache)
     seconds["language_model"] = time.perf_counter() - t
     return StandIns(freeze(encoder), freeze(t5), tokenizer, pool, v_hist, l_hist, from_cache=hit and l_hit,
                     seconds=seconds)
-
-
-def _save_with_history(module: nn.Module, history: list[float], folder: Path) -> None:
-    cache.save_module(module, folder)
-    (folder / "history.json").write_text(json.dumps(history))
 
 
 def query_only(qformer: QFormer) -> QFormer:

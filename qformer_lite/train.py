@@ -14,10 +14,8 @@ changes, so computing it again at every step would only cost time.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +25,7 @@ from . import cache
 from .blip2_t5 import Blip2T5
 from .data import ImagePool, ShapesDataset, related_captions
 from .language import CaptionTokenizer
-from .miniature import MiniatureConfig, StageConfig, StandIns, build_blip2, load_standins, save_checkpoint
+from .miniature import MiniatureConfig, StageConfig, StandIns, build_blip2, load_standins
 from .pretraining import QFormerPretraining
 from .vision import lr_at
 
@@ -287,10 +285,6 @@ def _key(kind: str, config: MiniatureConfig, **extra) -> str:
     return cache.key_of(kind, {"config": config.to_dict(), **extra})
 
 
-def _history_file(folder: Path) -> Path:
-    return folder / "history.json"
-
-
 def cached_stage1(
     config: MiniatureConfig, standins: StandIns, features: torch.Tensor, progress: bool = True, callback=None,
     callback_every: int = 100,
@@ -301,19 +295,11 @@ def cached_stage1(
     """
     spec = {k: v for k, v in config.to_dict().items() if k not in ("stage2", "num_beams", "max_new_tokens", "rerank_k")}
     folder = cache.entry_path(cache.key_of("stage1", spec))
-    model = QFormerPretraining(config.qformer)
-    if cache.complete(folder, ("model.safetensors", "history.json")):
-        cache.load_module(model, folder)
-        return model.eval(), json.loads(_history_file(folder).read_text()), True
-    model, history = train_stage1(config, features, standins.train_pool.captions, standins.tokenizer, progress,
-                                  callback=callback, callback_every=callback_every)
-
-    def fill(d: Path) -> None:
-        cache.save_module(model, d)
-        _history_file(d).write_text(json.dumps(history))
-
-    cache.write_atomically(folder, fill)
-    return model, history, False
+    model, history, hit = cache.cached_training(
+        folder, QFormerPretraining(config.qformer),
+        lambda: train_stage1(config, features, standins.train_pool.captions, standins.tokenizer, progress,
+                             callback=callback, callback_every=callback_every))
+    return model.eval(), history, hit
 
 
 def cached_stage2(
@@ -324,27 +310,14 @@ def cached_stage2(
     the cache or trained and cached. Returns (model, history, from_cache)."""
     folder = cache.entry_path(_key("stage2", config, from_stage1=stage1 is not None))
     model = build_blip2(config, standins, stage1.qformer if stage1 is not None else None)
-    trainable = {k: v for k, v in model.named_parameters() if v.requires_grad}
-    if cache.complete(folder, ("model.safetensors", "history.json")):
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-        with torch.no_grad():
-            for name, tensor in state.items():
-                trainable[name].copy_(tensor)
-        return model.eval(), json.loads(_history_file(folder).read_text()), True
     desc = "stage 2" if stage1 is not None else "stage 2, no stage 1"
-    history = train_stage2(config, model, features, standins.train_pool.captions, standins.tokenizer, progress, desc)
 
-    def fill(d: Path) -> None:
-        from safetensors.torch import save_file
+    def train():
+        return model, train_stage2(config, model, features, standins.train_pool.captions, standins.tokenizer,
+                                   progress, desc)
 
-        save_file({k: v.detach().contiguous() for k, v in model.named_parameters() if v.requires_grad},
-                  str(d / "model.safetensors"))
-        _history_file(d).write_text(json.dumps(history))
-
-    cache.write_atomically(folder, fill)
-    return model.eval(), history, False
+    model, history, hit = cache.cached_training(folder, model, train, trainable_only=True)
+    return model.eval(), history, hit
 
 
 @dataclass

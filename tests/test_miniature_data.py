@@ -113,10 +113,11 @@ def test_items_are_deterministic_by_seed_and_index():
     assert np.array_equal(a[5][0], b[5][0]) and a[5][1] == b[5][1]
     assert not np.array_equal(a[5][0], a[6][0])
     assert not np.array_equal(a[5][0], c[5][0])
-    batch = a.batch(range(4))
-    assert batch.pixel_values.shape == (4, 3, 48, 48)
-    assert -1.0 <= float(batch.pixel_values.min()) and float(batch.pixel_values.max()) <= 1.0
-    assert batch.captions == [a[i][1] for i in range(4)]
+    pool = a.pool(range(4))
+    pixels = pool.pixels()
+    assert pixels.shape == (4, 3, 48, 48)
+    assert -1.0 <= float(pixels.min()) and float(pixels.max()) <= 1.0
+    assert pool.captions == [a[i][1] for i in range(4)]
 
 
 def test_related_captions_are_one_change_away():

@@ -207,3 +207,19 @@ def test_caption_tokenizer_speaks_the_hf_call(setup):
     assert tok.batch_decode(ids, skip_special_tokens=True) == ["a red circle", ""]
     with pytest.raises(ValueError, match='padding="longest"'):
         tok(["a"], padding="max_length")
+
+
+def test_a_cache_entry_that_does_not_fit_is_refused(tmp_path):
+    from torch import nn
+
+    def train_small():
+        return nn.Linear(3, 2), [1.0]
+
+    small, history, hit = cache.cached_training(tmp_path / "entry", nn.Linear(3, 2), train_small)
+    assert not hit and history == [1.0]
+    again, _, hit = cache.cached_training(tmp_path / "entry", nn.Linear(3, 2), train_small)
+    assert hit and torch.equal(again.weight, small.weight)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        cache.cached_training(tmp_path / "entry", nn.Sequential(nn.Linear(3, 2)), train_small, trainable_only=True)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        cache.cached_training(tmp_path / "entry", nn.Linear(4, 2), train_small)
