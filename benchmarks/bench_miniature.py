@@ -40,7 +40,7 @@ def main() -> int:
 
     import torch
 
-    from qformer_lite.data import ShapesDataset
+    from qformer_lite import miniature
     from qformer_lite.miniature import MiniatureConfig, build_blip2, load_standins
     from qformer_lite.train import encode_images, exact_match, generate_captions, retrieval, train_stage1, train_stage2
 
@@ -63,8 +63,7 @@ def main() -> int:
     row("T5", standins.seconds["language_model"], source=cached)
 
     t = time.perf_counter()
-    test = ShapesDataset("test", config.data, seed=config.seed)
-    test_pool = test.pool(range(len(test)))
+    test_pool = miniature.test_pool(config)
     features = encode_images(standins.image_encoder, standins.train_pool)
     test_features = encode_images(standins.image_encoder, test_pool)
     row("test images, features", time.perf_counter() - t)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +73,7 @@ def _train(args) -> int:
     output: Path = args.output
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise CliError(f"--output {output} already exists and is not an empty folder")
+    from .cache import write_atomically
     from .miniature import MiniatureConfig, save_checkpoint
     from .miniature_plots import plot_caption_grid, plot_stage1_history, plot_stage2_history
     from .train import run
@@ -82,28 +81,21 @@ def _train(args) -> int:
     config = getattr(MiniatureConfig, args.preset)(seed=args.seed)
     result = run(config, progress=not args.quiet, use_cache=not args.no_cache)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
+    metrics = dict(result.metrics)
+
+    def fill(tmp: Path) -> None:  # into a temporary folder, renamed to --output once complete
         save_checkpoint(result.blip2, config, result.standins.tokenizer, tmp, stage1=result.stage1)
         plot_stage1_history(result.stage1_history).savefig(tmp / "stage1_losses.png", dpi=120)
         plot_stage2_history(result.stage2_history).savefig(tmp / "stage2_loss.png", dpi=120)
         plot_caption_grid(result.test_pool, result.test_captions_after, n=16).savefig(tmp / "test_captions.png", dpi=120)
-        metrics = {
-            **result.metrics,
-            "wall_seconds": round(_seconds_since_start(), 1),  # the whole command, imports included
-            "stage_seconds": {k: round(v, 1) for k, v in result.timings.items()},
-        }
+        metrics["wall_seconds"] = round(_seconds_since_start(), 1)  # the whole command, imports included
+        metrics["stage_seconds"] = {k: round(v, 1) for k, v in result.timings.items()}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "test_captions.json").write_text(json.dumps(
             [{"reference": r, "generated": g} for r, g in zip(result.test_pool.captions, result.test_captions_after)],
             indent=1) + "\n")
-        if output.exists():
-            output.rmdir()  # empty, checked above
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_atomically(output, fill)  # --output is absent or empty (checked above)
     print(json.dumps({k: metrics[k] for k in ("caption_exact_match", "image_text_recall_at_1", "wall_seconds")}))
     print(f"wrote {output}")
     return 0

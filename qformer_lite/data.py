@@ -148,6 +148,7 @@ class DataConfig:
     noise: float = 2.0  # pixel noise std, in 0..255 units
 
     def __post_init__(self) -> None:
+        self.scale_range = tuple(self.scale_range)  # JSON gives a list back
         if self.image_size % GRID or self.image_size // GRID < 6:
             raise ValueError(f"DataConfig.image_size must be a multiple of {GRID} and >= {6 * GRID}, got {self.image_size}")
         if not 0.0 < self.held_out_fraction < 1.0:

@@ -68,7 +68,8 @@ def query_side_cross_attention(
         if image_mask is not None:
             scores = scores.masked_fill(~image_mask[i if image_mask.shape[0] > 1 else 0], float("-inf"))
         p = scores.softmax(dim=-1)
-        probs.append(p)
+        if output_attentions:
+            probs.append(p)
         p = F.dropout(p, attn.dropout) if attn.training and attn.dropout > 0 else p
         mixed = (p.view(h * q_len, -1) @ x).view(h, q_len, c)  # (H, Q, C)
         outs.append(torch.bmm(mixed, w_v_t))  # (H, Q, d)

@@ -41,6 +41,14 @@ def itc_loss(sim_i2t: torch.Tensor, temp: torch.Tensor | float, label_smoothing:
     ) / 2
 
 
+def negative_weights(sim_i2t: torch.Tensor, temp: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """For each row (an image), the probability of drawing each column (a text) as its
+    negative: softmax of sim / temp over the row, the positive (diagonal) at exactly 0.
+    ``negative_weights(sim.t(), temp)`` gives the texts' weights over images."""
+    positive = torch.eye(sim_i2t.shape[0], dtype=torch.bool, device=sim_i2t.device)
+    return (sim_i2t / temp).float().masked_fill(positive, float("-inf")).softmax(dim=1)  # (B, B)
+
+
 @torch.no_grad()
 def sample_hard_negatives(
     sim_i2t: torch.Tensor, temp: torch.Tensor | float = 1.0, generator: torch.Generator | None = None
@@ -53,10 +61,8 @@ def sample_hard_negatives(
     b = sim_i2t.shape[0]
     if b < 2:
         raise ValueError(f"hard negatives need a batch of at least 2 pairs, got {b}")
-    positive = torch.eye(b, dtype=torch.bool, device=sim_i2t.device)
-    logits = (sim_i2t / temp).float().masked_fill(positive, float("-inf"))  # a positive gets probability 0
-    weights_i2t = logits.softmax(dim=1)  # (B, B): row = image, over texts
-    weights_t2i = logits.t().softmax(dim=1)  # (B, B): row = text, over images
+    weights_i2t = negative_weights(sim_i2t, temp)  # (B, B): row = image, over texts
+    weights_t2i = negative_weights(sim_i2t.t(), temp)  # (B, B): row = text, over images
     neg_image = torch.multinomial(weights_t2i, 1, generator=generator).squeeze(1)  # (B,)
     neg_text = torch.multinomial(weights_i2t, 1, generator=generator).squeeze(1)  # (B,)
     return neg_image, neg_text

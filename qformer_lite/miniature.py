@@ -137,10 +137,7 @@ class MiniatureConfig:
         kwargs = dict(data)
         for name, kind in parts.items():
             if name in kwargs:
-                value = dict(kwargs[name])
-                if name == "data" and "scale_range" in value:
-                    value["scale_range"] = tuple(value["scale_range"])
-                kwargs[name] = kind(**value)
+                kwargs[name] = kind(**kwargs[name])
         if "qformer" in kwargs:
             kwargs["qformer"] = QFormerConfig.from_dict(kwargs["qformer"])
         return cls(**kwargs)
@@ -169,6 +166,12 @@ class StandIns:
 
 def train_pool(config: MiniatureConfig) -> ImagePool:
     return ShapesDataset("train", config.data, seed=config.seed).pool(range(config.train_images))
+
+
+def test_pool(config: MiniatureConfig) -> ImagePool:
+    """Every image of the held-out split."""
+    test = ShapesDataset("test", config.data, seed=config.seed)
+    return test.pool(range(len(test)))
 
 
 def load_standins(config: MiniatureConfig, progress: bool = True, use_cache: bool = True) -> StandIns:

@@ -88,7 +88,7 @@ def check_negative_weights(fn: Callable) -> CheckResult:
     failed, got = _call("negative_weights", fn, sim.clone(), temp)
     if failed is not None:
         return failed
-    expected = (sim / temp).masked_fill(torch.eye(b, dtype=torch.bool), float("-inf")).softmax(dim=1)
+    expected = losses.negative_weights(sim, temp)
     bad = _same_shape("negative_weights", got, expected, "(B, B)")
     if bad is not None:
         return bad
@@ -136,14 +136,15 @@ def check_labels(fn: Callable) -> CheckResult:
     """``fn(ids, mask)`` -> T5 labels: the ids, with -100 wherever the mask is 0."""
     ids = torch.tensor([[7, 8, 9, 1, 0], [7, 9, 1, 0, 0]])
     mask = (ids != 0).long()
-    failed, got = _call("make_labels", fn, ids.clone(), mask)
+    given = ids.clone()
+    failed, got = _call("make_labels", fn, given, mask)
     if failed is not None:
         return failed
     expected = ids.masked_fill(mask == 0, -100)
     bad = _same_shape("make_labels", got, expected, "(B, T)")
     if bad is not None:
         return bad
-    if not torch.equal(ids, torch.tensor([[7, 8, 9, 1, 0], [7, 9, 1, 0, 0]])):
+    if not torch.equal(given, ids):
         return _say(False, "make_labels changed its input in place. Hint: clone() first, or use masked_fill.")
     if not torch.equal(got, expected):
         return _say(False, "padding must become -100 (ignored by the loss); every real token, </s> "

@@ -76,8 +76,7 @@ class QFormerPretraining(nn.Module):
         temperature: (B_images, B_texts)."""
         image_feats = self.image_features(image_embeds, image_attention_mask)  # (Bi, Q, E)
         text_feats = self.text_features(input_ids, attention_mask)  # (Bt, E)
-        per_query = torch.einsum("iqe,te->itq", image_feats, text_feats)  # (Bi, Bt, Q)
-        return per_query.max(dim=-1).values  # (Bi, Bt)
+        return losses.itc_similarity_matrix(image_feats, text_feats)  # (Bi, Bt)
 
     def itm_logits(self, image_embeds, input_ids, attention_mask=None, image_attention_mask=None) -> torch.Tensor:
         """Match / no-match logits of each (image, text) pair, averaged over the queries: (B, 2)."""

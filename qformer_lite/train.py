@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cache
+from . import cache, losses
 from .blip2_t5 import Blip2T5
 from .data import ImagePool, ShapesDataset, related_captions
 from .language import CaptionTokenizer
 from .miniature import MiniatureConfig, StageConfig, StandIns, build_blip2, load_standins
+from .miniature import test_pool as miniature_test_pool
 from .pretraining import QFormerPretraining
 from .vision import lr_at
 
@@ -192,11 +193,12 @@ def retrieval(
     """
     model.eval()
     candidates = sorted(set(captions))
-    truth = torch.tensor([candidates.index(c) for c in captions])  # (I,)
+    position = {c: i for i, c in enumerate(candidates)}
+    truth = torch.tensor([position[c] for c in captions])  # (I,)
     ids, mask = tokenizer.qformer(candidates)  # (C, T)
     image_feats = model.image_features(features)  # (I, Q, E)
     text_feats = model.text_features(ids, mask)  # (C, E)
-    sim = torch.einsum("iqe,ce->icq", image_feats, text_feats).max(dim=-1).values  # (I, C)
+    sim = losses.itc_similarity_matrix(image_feats, text_feats)  # (I, C)
     k = min(rerank_k, len(candidates))
     top_sim, top = sim.topk(k, dim=1)  # (I, k)
     n = features.shape[0]
@@ -243,7 +245,7 @@ def run(config: MiniatureConfig | None = None, progress: bool = True, use_cache:
     timings.update({f"standins_{k}": v for k, v in standins.seconds.items()})
 
     t = time.perf_counter()
-    test_pool = ShapesDataset("test", config.data, seed=config.seed).pool(range(len(ShapesDataset("test", config.data))))
+    test_pool = miniature_test_pool(config)
     features = encode_images(standins.image_encoder, standins.train_pool)  # (N, L, C)
     test_features = encode_images(standins.image_encoder, test_pool)
     timings["features"] = time.perf_counter() - t

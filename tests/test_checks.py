@@ -293,3 +293,28 @@ def test_a_result_shows_nothing_more_in_a_notebook(capsys):
     result = checks.check_answer("vit_tokens_364", 677)
     capsys.readouterr()
     assert result and result._ipython_display_() is None and "passed=True" in repr(result)
+
+
+# --- the miniature's checkers (chapters 6 and 7) ----------------------------------------------
+
+def test_labels_checker_passes_a_copy_and_catches_an_in_place_edit(capsys):
+    from qformer_lite import miniature_checks
+
+    ok, _ = run(capsys, miniature_checks.check_labels, lambda ids, mask: ids.masked_fill(mask == 0, -100))
+    assert ok
+
+    def in_place(ids, mask):
+        ids[mask == 0] = -100
+        return ids
+
+    ok, out = run(capsys, miniature_checks.check_labels, in_place)
+    assert not ok and "in place" in out
+
+
+def test_negative_weights_checker(capsys):
+    from qformer_lite import losses, miniature_checks
+
+    ok, _ = run(capsys, miniature_checks.check_negative_weights, losses.negative_weights)
+    assert ok
+    ok, out = run(capsys, miniature_checks.check_negative_weights, lambda sim, temp: (sim / temp).softmax(dim=1))
+    assert not ok and "diagonal is not 0" in out
