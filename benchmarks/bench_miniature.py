@@ -4,8 +4,8 @@
     python benchmarks/bench_miniature.py --cold     # rebuild the stand-ins in a fresh cache
     python benchmarks/bench_miniature.py --json out.json
 
-It runs exactly what ``qformer-lite train`` runs, with the same defaults (``MiniatureConfig.default()``),
-and prints one line per stage: wall time, what the stage reached on the held-out split, and
+It runs the stages of ``qformer-lite train`` (``train.run``) one by one, with the same defaults
+(``MiniatureConfig.default()``) and the same results, and prints one line per stage: wall time, what the stage reached on the held-out split, and
 the process's peak resident memory so far (``ru_maxrss``). The goal on two CPU cores:
 >= 90% exact-match captions and >= 90% image->text recall@1, in at most five minutes.
 """

@@ -112,11 +112,13 @@ def _same_shape(name: str, got, expected: torch.Tensor, what: str):
     return None
 
 
-def check_answer(key: str, value: Any) -> CheckResult:
-    """Compare a short answer (a number, a bool or a word) with the book's."""
-    if key not in ANSWERS:
-        return _say(False, f"unknown exercise key {key!r}; known: {', '.join(sorted(ANSWERS))}")
-    expected, hint = ANSWERS[key]
+def check_answer(key: str, value: Any, answers: dict[str, tuple[Any, str]] | None = None) -> CheckResult:
+    """Compare a short answer (a number, a bool or a word) with the book's (``answers``:
+    key -> (expected, hint); by default the chapters' ``ANSWERS``)."""
+    answers = ANSWERS if answers is None else answers
+    if key not in answers:
+        return _say(False, f"unknown exercise key {key!r}; known: {', '.join(sorted(answers))}")
+    expected, hint = answers[key]
     if value is None or value is ...:
         return _say(False, f"no answer yet for {key!r}. Replace the ... with your value.")
     if isinstance(expected, str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -204,7 +204,7 @@ def load_standins(config: MiniatureConfig, progress: bool = True, use_cache: boo
 def query_only(qformer: QFormer) -> QFormer:
     """The stage-2 Q-Former: the stage-1 one without its text parts (embeddings, text FFNs),
     which BLIP-2's stage 2 deletes. The query path keeps its trained weights."""
-    config = QFormerConfig.from_dict({**qformer.config.to_dict(), "use_qformer_text_input": False})
+    config = replace(qformer.config, use_qformer_text_input=False)
     stage2 = QFormer(config)
     missing, unexpected = stage2.load_state_dict(qformer.state_dict(), strict=False)
     if missing or any(not (k.startswith("embeddings.") or ".text_ffn." in k) for k in unexpected):
@@ -216,7 +216,7 @@ def build_blip2(config: MiniatureConfig, standins: StandIns, qformer: QFormer | 
     """Frozen encoder -> query-only Q-Former (fresh, or from stage 1) -> projection -> frozen T5."""
     torch.manual_seed(config.seed + 2)  # the projection (and a fresh Q-Former) start the same in every caller
     if qformer is None:
-        qformer = QFormer(QFormerConfig.from_dict({**config.qformer.to_dict(), "use_qformer_text_input": False}))
+        qformer = QFormer(replace(config.qformer, use_qformer_text_input=False))
     elif qformer.embeddings is not None:
         qformer = query_only(qformer)
     return Blip2T5(standins.image_encoder, qformer, standins.language_model)
@@ -253,7 +253,7 @@ def load_checkpoint(folder: str | Path) -> tuple[Blip2T5, MiniatureConfig, Capti
     except (json.JSONDecodeError, TypeError, KeyError) as err:
         raise ValueError(f"checkpoint folder {folder} has an unreadable config.json or tokenizer.json ({err})") from None
     encoder, t5 = ImageEncoder(config.vision), build_t5(config.language, tokenizer)
-    qformer = QFormer(QFormerConfig.from_dict({**config.qformer.to_dict(), "use_qformer_text_input": False}))
+    qformer = QFormer(replace(config.qformer, use_qformer_text_input=False))
     model = Blip2T5(encoder, qformer, t5)
     try:
         cache.load_module(model, folder, "model")

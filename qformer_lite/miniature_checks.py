@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import losses
+from . import checks, losses
 from .checks import CheckResult, _call, _same_shape, _say
 
 
@@ -38,18 +38,7 @@ def _expected_answers() -> dict[str, tuple[Any, str]]:
 
 def check_answer(key: str, value: Any) -> CheckResult:
     """Compare a numeric answer with the one computed from ``MiniatureConfig.default()``."""
-    answers = _expected_answers()
-    if key not in answers:
-        return _say(False, f"unknown exercise key {key!r}; known: {', '.join(sorted(answers))}")
-    expected, hint = answers[key]
-    if value is None or value is ...:
-        return _say(False, f"no answer yet for {key!r}. Replace the ... with your value.")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return _say(False, f"{value!r} is not a number. Hint: {hint}")
-    if value == expected:
-        return _say(True, f"{key} = {value:,}.")
-    direction = "too high" if value > expected else "too low"
-    return _say(False, f"{value:,} is {direction} for {key}. Hint: {hint}")
+    return checks.check_answer(key, value, _expected_answers())
 
 
 def _random_sim(b: int = 6, seed: int = 0) -> torch.Tensor:
