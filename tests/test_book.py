@@ -21,7 +21,7 @@ CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PAGES = sorted((ROOT / "book").glob("*.md"))
-BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+BADGE_IMAGE = "../book/images/colab-badge.svg"  # vendored: the offline book shows no broken image
 
 
 def toc_files(node) -> list[str]:
@@ -183,6 +183,7 @@ def test_badge_opens_this_notebook_on_main_in_colab(path):
     expected = f"{repository()}/blob/main/notebooks/{path.name}"
     assert links == [expected], f"{path.name}: badge links {links}, expected [{expected}]"
     assert BADGE_IMAGE in text
+    assert (path.parent / BADGE_IMAGE).is_file(), f"{BADGE_IMAGE} is missing"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
