@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import T5Config, T5ForConditionalGeneration
 
 from . import cache
+from .seeding import seeded
 from .data import vocabulary
 from .vision import freeze, lr_at
 
@@ -195,8 +196,8 @@ def pretrain_t5(
     config: LanguageConfig, tokenizer: CaptionTokenizer, captions: list[str], seed: int = 0, progress: bool = True
 ) -> tuple[T5ForConditionalGeneration, list[float]]:
     """Train a fresh tiny T5 to rebuild captions from corrupted ones; returns it frozen."""
-    torch.manual_seed(seed)
-    model = build_t5(config, tokenizer)
+    with seeded(seed):  # the only draws from the global generator; the caller's state is kept
+        model = build_t5(config, tokenizer)
     rng = np.random.default_rng([seed, 11])
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history = []

@@ -1,4 +1,4 @@
-"""The three stage-1 losses of BLIP-2, as in LAVIS ``Blip2Qformer.forward``, for one process.
+"""The three stage-1 losses of BLIP-2, as LAVIS trains them (``Blip2Qformer.forward``).
 
 - ITC (contrastive): every image against every text of the batch. An image has one feature
   per query; its similarity to a text is the *best* query's, divided by a learned
@@ -10,8 +10,22 @@
 - ITG (generation): the text is generated from the queries under the multimodal causal mask;
   the first token ``[CLS]`` becomes ``[DEC]``, padding is ignored, label smoothing 0.1.
 
-LAVIS gathers features across GPUs first; in one process the batch *is* the world, so the
-diagonal of the similarity matrix holds the positives.
+Two details follow LAVIS's code rather than the paper, which does not state them:
+
+- LAVIS always trains inside a process group and gathers every GPU's features with
+  ``concat_all_gather``, which is ``@torch.no_grad``. So in the image->text direction the
+  texts are constants and only the image side learns; in text->image only the text side
+  does. That holds on one GPU too (the gather of one process is a detached copy).
+  ``itc_loss_from_features`` does the same by default; ``gather_with_grad=True`` lets both
+  sides of both directions learn (OpenCLIP's option of that name). The loss is the same
+  number either way; only its gradient differs.
+- The hard-negative draw of the 1.0.2 release (the code the paper's models came from) adds
+  1e-4 to the softmax of the similarities and sets the positive to 0, so every negative keeps
+  a small chance. LAVIS's main branch later (commit 93e0179, July 2023) masks the positive
+  before the softmax and adds no floor: ``negative_floor=0``.
+
+In one process the batch *is* the world, so the diagonal of the similarity matrix holds the
+positives.
 """
 
 from __future__ import annotations
@@ -30,39 +44,76 @@ def itc_similarity_matrix(image_feats: torch.Tensor, text_feats: torch.Tensor) -
 
 
 def itc_loss(sim_i2t: torch.Tensor, temp: torch.Tensor | float, label_smoothing: float = 0.1) -> torch.Tensor:
-    """Symmetric contrastive loss; the positives are on the diagonal of ``sim_i2t`` (B, B)."""
+    """Symmetric contrastive loss; the positives are on the diagonal of ``sim_i2t`` (B, B).
+
+    Both directions read the same matrix, so its gradient reaches both sides of each
+    direction (``gather_with_grad=True`` below). The value is LAVIS's either way."""
     if sim_i2t.dim() != 2 or sim_i2t.shape[0] != sim_i2t.shape[1]:
         raise ValueError(f"sim_i2t must be a square (B, B) matrix, got {tuple(sim_i2t.shape)}")
-    logits = sim_i2t / temp  # (B, B)
-    targets = torch.arange(logits.shape[0], device=logits.device)
+    return _two_way_loss(sim_i2t, sim_i2t.t(), temp, label_smoothing)
+
+
+def _two_way_loss(sim_i2t, sim_t2i, temp, label_smoothing):
+    targets = torch.arange(sim_i2t.shape[0], device=sim_i2t.device)  # the diagonal
     return (
-        F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-        + F.cross_entropy(logits.t(), targets, label_smoothing=label_smoothing)
+        F.cross_entropy(sim_i2t / temp, targets, label_smoothing=label_smoothing)
+        + F.cross_entropy(sim_t2i / temp, targets, label_smoothing=label_smoothing)
     ) / 2
 
 
-def negative_weights(sim_i2t: torch.Tensor, temp: torch.Tensor | float = 1.0) -> torch.Tensor:
+def itc_loss_from_features(
+    image_feats: torch.Tensor, text_feats: torch.Tensor, temp: torch.Tensor | float,
+    label_smoothing: float = 0.1, gather_with_grad: bool = False,
+) -> torch.Tensor:
+    """ITC from the normalised features, image (B, Q, E) and text (B, E), as LAVIS trains it.
+
+    LAVIS compares its own images with the gathered texts, and its own texts with the gathered
+    images; the gathered side carries no gradient. So image->text trains the image side and
+    text->image the text side. ``gather_with_grad=True`` keeps the gradient of both sides."""
+    if image_feats.shape[0] != text_feats.shape[0]:
+        raise ValueError(f"ITC needs as many images as texts, got {image_feats.shape[0]} and {text_feats.shape[0]}")
+    if gather_with_grad:
+        return itc_loss(itc_similarity_matrix(image_feats, text_feats), temp, label_smoothing)
+    sim_i2t = itc_similarity_matrix(image_feats, text_feats.detach())  # (B, B): texts are constants
+    sim_t2i = itc_similarity_matrix(image_feats.detach(), text_feats).t()  # (B, B): images are constants
+    return _two_way_loss(sim_i2t, sim_t2i, temp, label_smoothing)
+
+
+def negative_weights(sim_i2t: torch.Tensor, temp: torch.Tensor | float = 1.0, floor: float = 1e-4) -> torch.Tensor:
     """For each row (an image), the probability of drawing each column (a text) as its
-    negative: softmax of sim / temp over the row, the positive (diagonal) at exactly 0.
+    negative: the softmax of sim / temp over the whole row, plus ``floor``, with the positive
+    (diagonal) set to exactly 0, renormalised (``torch.multinomial`` would do the same).
+
+    ``floor=1e-4`` is LAVIS 1.0.2; ``floor=0`` is LAVIS's main branch (the positive masked
+    before the softmax), the same numbers as a softmax over the other columns only.
     ``negative_weights(sim.t(), temp)`` gives the texts' weights over images."""
+    if sim_i2t.dim() != 2 or sim_i2t.shape[0] != sim_i2t.shape[1]:
+        raise ValueError(f"sim_i2t must be a square (B, B) matrix, got {tuple(sim_i2t.shape)}")
+    if floor < 0:
+        raise ValueError(f"floor must be >= 0, got {floor}")
     positive = torch.eye(sim_i2t.shape[0], dtype=torch.bool, device=sim_i2t.device)
-    return (sim_i2t / temp).float().masked_fill(positive, float("-inf")).softmax(dim=1)  # (B, B)
+    logits = (sim_i2t / temp).float()  # (B, B)
+    if floor == 0:  # main branch; masking first stays exact where the positive takes all the mass
+        return logits.masked_fill(positive, float("-inf")).softmax(dim=1)
+    weights = (logits.softmax(dim=1) + floor).masked_fill(positive, 0.0)  # 1.0.2
+    return weights / weights.sum(dim=1, keepdim=True)
 
 
 @torch.no_grad()
 def sample_hard_negatives(
-    sim_i2t: torch.Tensor, temp: torch.Tensor | float = 1.0, generator: torch.Generator | None = None
+    sim_i2t: torch.Tensor, temp: torch.Tensor | float = 1.0, generator: torch.Generator | None = None,
+    floor: float = 1e-4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each text a negative image, for each image a negative text, drawn from the softmax of
-    the (temperature-scaled) similarities with the positives masked out.
+    """For each text a negative image, for each image a negative text, drawn with the
+    probabilities of ``negative_weights`` (the positives never drawn).
 
     Returns (neg_image_for_text (B,), neg_text_for_image (B,)), indices into the batch.
     """
     b = sim_i2t.shape[0]
     if b < 2:
         raise ValueError(f"hard negatives need a batch of at least 2 pairs, got {b}")
-    weights_i2t = negative_weights(sim_i2t, temp)  # (B, B): row = image, over texts
-    weights_t2i = negative_weights(sim_i2t.t(), temp)  # (B, B): row = text, over images
+    weights_i2t = negative_weights(sim_i2t, temp, floor)  # (B, B): row = image, over texts
+    weights_t2i = negative_weights(sim_i2t.t(), temp, floor)  # (B, B): row = text, over images
     neg_image = torch.multinomial(weights_t2i, 1, generator=generator).squeeze(1)  # (B,)
     neg_text = torch.multinomial(weights_i2t, 1, generator=generator).squeeze(1)  # (B,)
     return neg_image, neg_text
@@ -80,7 +131,12 @@ def itm_pairs(image_embeds, input_ids, attention_mask, neg_image, neg_text):
 
 
 def itg_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, dec_token_id: int):
-    """Decoder inputs ([CLS] -> [DEC]) and labels (padding -> -100), both (B, T)."""
+    """Decoder inputs ([CLS] -> [DEC]) and labels (padding -> -100), both (B, T).
+
+    LAVIS ignores the positions whose id is the pad id; here, those whose attention mask is 0.
+    The two are the same positions: a tokenizer writes the pad id exactly where it pads and
+    never for a word (BERT's ``[PAD]`` and the miniature's ``<pad>`` are not words), and the
+    mask is 0 exactly there. The mask also works for a tokenizer whose pad id is a real token."""
     decoder_input_ids = input_ids.clone()
     decoder_input_ids[:, 0] = dec_token_id
     labels = decoder_input_ids.masked_fill(attention_mask == 0, -100)

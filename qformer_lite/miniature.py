@@ -23,6 +23,7 @@ from .data import DataConfig, ImagePool, ShapesDataset, all_captions, vocabulary
 from .language import SPECIAL_TOKENS, CaptionTokenizer, LanguageConfig, build_t5, pretrain_t5
 from .language import cache_key as language_key
 from .qformer import QFormer
+from .seeding import seeded
 from .vision import ImageEncoder, VisionConfig, freeze, pretrain_image_encoder
 from .vision import cache_key as vision_key
 
@@ -37,6 +38,10 @@ class StageConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.05
     related_fraction: float = 0.0  # of each batch drawn as pairs of related captions (train.CaptionBatches)
+    # stage 1 only, LAVIS 1.0.2's choices by default (see losses.py): each ITC direction trains
+    # its own side; every hard negative keeps a 1e-4 chance (0: LAVIS's main branch)
+    gather_with_grad: bool = False
+    negative_floor: float = 1e-4
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -214,12 +219,12 @@ def query_only(qformer: QFormer) -> QFormer:
 
 def build_blip2(config: MiniatureConfig, standins: StandIns, qformer: QFormer | None = None) -> Blip2T5:
     """Frozen encoder -> query-only Q-Former (fresh, or from stage 1) -> projection -> frozen T5."""
-    torch.manual_seed(config.seed + 2)  # the projection (and a fresh Q-Former) start the same in every caller
-    if qformer is None:
-        qformer = QFormer(replace(config.qformer, use_qformer_text_input=False))
-    elif qformer.embeddings is not None:
-        qformer = query_only(qformer)
-    return Blip2T5(standins.image_encoder, qformer, standins.language_model)
+    with seeded(config.seed + 2):  # the projection (and a fresh Q-Former) start the same in every caller
+        if qformer is None:
+            qformer = QFormer(replace(config.qformer, use_qformer_text_input=False))
+        elif qformer.embeddings is not None:
+            qformer = query_only(qformer)
+        return Blip2T5(standins.image_encoder, qformer, standins.language_model)
 
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")

@@ -48,48 +48,83 @@ def _random_sim(b: int = 6, seed: int = 0) -> torch.Tensor:
 
 def check_itc_loss(fn: Callable) -> CheckResult:
     """``fn(sim_i2t, temp)`` -> the symmetric ITC loss with label smoothing 0.1 (a scalar)."""
+    ce = torch.nn.functional.cross_entropy
     for b, temp in ((6, 0.07), (3, 0.5)):
         sim = _random_sim(b, seed=b)
         failed, got = _call("itc_loss", fn, sim.clone(), temp)
         if failed is not None:
             return failed
-        expected = losses.itc_loss(sim, temp, 0.1)
         if not isinstance(got, torch.Tensor) or got.numel() != 1:
             return _say(False, f"itc_loss returned {type(got).__name__}; expected a scalar tensor.")
-        if abs(float(got) - float(expected)) > 1e-5:
-            one_way = torch.nn.functional.cross_entropy(sim / temp, torch.arange(b), label_smoothing=0.1)
-            no_smooth = losses.itc_loss(sim, temp, 0.0)
-            if abs(float(got) - float(one_way)) < 1e-5:
-                hint = "that is image->text only; average it with text->image (the transpose)."
-            elif abs(float(got) - float(no_smooth)) < 1e-5:
-                hint = "add label_smoothing=0.1 to both cross-entropies."
-            else:
-                hint = "divide the similarities by temp; the targets are the diagonal, arange(B)."
-            return _say(False, f"itc_loss gave {float(got):.4f}, expected {float(expected):.4f}. Hint: {hint}")
+        expected = losses.itc_loss(sim, temp, 0.1)
+        if abs(float(got) - float(expected)) <= 1e-5:
+            continue
+        targets = torch.arange(b)
+        near = {  # the usual slips, each with what it gives
+            "one_way": ce(sim / temp, targets, label_smoothing=0.1),
+            "summed": 2 * expected,
+            "no_smoothing": losses.itc_loss(sim, temp, 0.0),
+            "no_temp": losses.itc_loss(sim, 1.0, 0.1),
+            "times_temp": losses.itc_loss(sim * temp * temp, temp, 0.1),
+        }
+        hints = {
+            "one_way": "that is image->text only; average it with text->image (the transpose).",
+            "summed": "that is the sum of the two directions; ITC is their mean: divide by 2.",
+            "no_smoothing": "add label_smoothing=0.1 to both cross-entropies.",
+            "no_temp": "divide the similarities by temp before the cross-entropies.",
+            "times_temp": "divide the similarities by temp; do not multiply by it.",
+        }
+        slip = next((k for k, v in near.items() if abs(float(got) - float(v)) < 1e-5), None)
+        hint = hints[slip] if slip else "logits = sim_i2t / temp; the targets are the diagonal, arange(B)."
+        return _say(False, f"itc_loss gave {float(got):.4f}, expected {float(expected):.4f}. Hint: {hint}")
     return _say(True, "the symmetric ITC loss, with temperature and label smoothing, as in LAVIS.")
 
 
 def check_negative_weights(fn: Callable) -> CheckResult:
     """``fn(sim_i2t, temp)`` -> (B, B) probabilities of drawing each text as the negative of each
-    image: softmax of sim / temp over a row, the positive (diagonal) at exactly 0."""
-    b, temp = 5, 0.1
+    image, as LAVIS 1.0.2 draws them: softmax of sim / temp over the row, plus 1e-4, the positive
+    (diagonal) at exactly 0, each row renormalised to sum to 1."""
+    b, temp = 5, 0.02  # a low temperature: some negatives get far less than the floor
     sim = _random_sim(b, seed=3)
     failed, got = _call("negative_weights", fn, sim.clone(), temp)
     if failed is not None:
         return failed
-    expected = losses.negative_weights(sim, temp)
+    expected = losses.negative_weights(sim, temp, floor=1e-4)
     bad = _same_shape("negative_weights", got, expected, "(B, B)")
     if bad is not None:
         return bad
-    got = got.float()
-    if (got.diagonal().abs() > 1e-6).any():
+    got = got.detach().double()
+    if (got.diagonal().abs() > 1e-9).any():
         return _say(False, "the diagonal is not 0: the positive itself could be drawn as a negative. "
-                           "Hint: mask it (-inf, or -10000) before the softmax.")
-    if (got.sum(dim=1) - 1).abs().max() > 1e-4:
-        return _say(False, "rows do not sum to 1. Hint: softmax over dim=1, each image's row of texts.")
-    if (got - expected).abs().max() > 1e-4:
-        return _say(False, "the weights differ from softmax(sim / temp). Hint: divide by temp before the softmax.")
-    return _say(True, "a text is drawn more often the more it resembles the image, never the positive.")
+                           "Hint: set it to 0 after adding the floor.")
+    if (got - expected.double()).abs().max() <= 1e-6:
+        return _say(True, "every negative keeps at least a small chance, the similar ones much more; "
+                          "never the positive.")
+    eye = torch.eye(b, dtype=torch.bool)
+    softmax = (sim / temp).softmax(dim=1)
+    unnormalised = (softmax + 1e-4).masked_fill(eye, 0.0)
+    near = {
+        "no_floor": losses.negative_weights(sim, temp, floor=0.0),
+        "floor_unnormalised": unnormalised,
+        "zeroed_unnormalised": softmax.masked_fill(eye, 0.0),
+        "no_temp": losses.negative_weights(sim, 1.0, floor=1e-4),
+        "columns": losses.negative_weights(sim.t(), temp, floor=1e-4).t(),
+    }
+    hints = {
+        "no_floor": "that is the draw without a floor (LAVIS's main branch). Add 1e-4 to the softmax, "
+                    "then set the positive to 0 and renormalise, as LAVIS 1.0.2 does.",
+        "floor_unnormalised": "the rows do not sum to 1: after zeroing the positive, divide each row "
+                              "by its sum (torch.multinomial would do it silently; here say it).",
+        "zeroed_unnormalised": "the rows do not sum to 1: after zeroing the positive, divide each row "
+                               "by its sum; and add the 1e-4 floor before zeroing.",
+        "no_temp": "divide the similarities by temp before the softmax.",
+        "columns": "each row (an image) is one distribution over the texts: softmax over dim=1.",
+    }
+    slip = next((k for k, v in near.items() if (got - v.double()).abs().max() <= 1e-6), None)
+    if slip:
+        return _say(False, hints[slip])
+    return _say(False, f"the weights differ from LAVIS's by up to {float((got - expected).abs().max()):.3g}. "
+                       "Hint: softmax(sim / temp, dim=1) + 1e-4, the diagonal set to 0, rows renormalised.")
 
 
 def check_encoder_inputs(fn: Callable) -> CheckResult:

@@ -98,10 +98,18 @@ class QFormerPretraining(nn.Module):
         image_attention_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,  # draws the hard negatives
         label_smoothing: float = 0.1,
+        *,
+        gather_with_grad: bool = False,
+        negative_floor: float = 1e-4,
     ) -> Stage1Output:
-        """The three stage-1 losses on one batch of matching (image, text) pairs (LAVIS
-        ``Blip2Qformer.forward``, single process): the queries run once, with their
-        self-attention keys/values cached, and serve both ITC and ITG."""
+        """The three stage-1 losses on one batch of matching (image, text) pairs, as LAVIS's
+        ``Blip2Qformer.forward`` computes them in one process: the queries run once, with their
+        self-attention keys/values cached, and serve both ITC and ITG.
+
+        The defaults are LAVIS 1.0.2's: each ITC direction trains only its own side (LAVIS's
+        gathered features carry no gradient; ``gather_with_grad=True`` keeps both), and the
+        hard negatives are drawn from softmax(sim / temp) + 1e-4 with the positive at 0
+        (``negative_floor=0``: LAVIS's main branch). See ``losses``."""
         if input_ids.dim() != 2 or input_ids.shape[0] != image_embeds.shape[0]:
             raise ValueError(
                 f"input_ids must have shape ({image_embeds.shape[0]}, T) to match image_embeds, "
@@ -111,11 +119,12 @@ class QFormerPretraining(nn.Module):
         q_out = self.qformer(image_embeds, image_attention_mask=image_attention_mask, use_cache=True)
         image_feats = F.normalize(self.vision_proj(q_out.query_output), dim=-1)  # (B, Q, E)
         text_feats = self.text_features(input_ids, attention_mask)  # (B, E)
-        sim_i2t = losses.itc_similarity_matrix(image_feats, text_feats)  # (B, B)
-        loss_itc = losses.itc_loss(sim_i2t, self.temp, label_smoothing)
+        loss_itc = losses.itc_loss_from_features(image_feats, text_feats, self.temp, label_smoothing,
+                                                 gather_with_grad)
+        sim_i2t = losses.itc_similarity_matrix(image_feats, text_feats).detach()  # (B, B)
 
         # ITM: hard negatives drawn from the similarities, then [queries; text] bi-directionally
-        neg_image, neg_text = losses.sample_hard_negatives(sim_i2t, self.temp.detach(), generator)
+        neg_image, neg_text = losses.sample_hard_negatives(sim_i2t, self.temp.detach(), generator, negative_floor)
         images, ids, mask, labels = losses.itm_pairs(image_embeds, input_ids, attention_mask, neg_image, neg_text)
         image_mask = None
         if image_attention_mask is not None:
@@ -130,5 +139,5 @@ class QFormerPretraining(nn.Module):
         loss_itg = losses.itg_loss(self.lm_logits(text), lm_labels, label_smoothing)
 
         return Stage1Output(
-            loss_itc + loss_itm + loss_itg, loss_itc, loss_itm, loss_itg, sim_i2t.detach(), neg_image, neg_text
+            loss_itc + loss_itm + loss_itg, loss_itc, loss_itm, loss_itg, sim_i2t, neg_image, neg_text
         )

@@ -28,6 +28,7 @@ from .language import CaptionTokenizer
 from .miniature import MiniatureConfig, StageConfig, StandIns, build_blip2, load_standins
 from .miniature import test_pool as miniature_test_pool
 from .pretraining import QFormerPretraining
+from .seeding import seeded
 from .vision import lr_at
 
 
@@ -102,8 +103,8 @@ def train_stage1(
     ``callback(step, model)``, if given, runs every ``callback_every`` steps (e.g. to measure recall).
     """
     stage = config.stage1
-    torch.manual_seed(config.seed + 1)
-    model = QFormerPretraining(config.qformer).train()
+    with seeded(config.seed + 1):
+        model = QFormerPretraining(config.qformer).train()
     opt = _optimizer(model.parameters(), stage)
     ids, mask = tokenizer.qformer(captions)  # (N, T) each, "[CLS] words [SEP]"
     batches = CaptionBatches(captions, stage.batch_size, config.seed, stage.related_fraction)
@@ -113,7 +114,8 @@ def train_stage1(
     for step in bar:
         idx = batches.next()
         _set_lr(opt, step, stage)
-        out = model(features[idx], ids[idx], mask[idx], dec_token_id=tokenizer.dec_token_id, generator=gen)
+        out = model(features[idx], ids[idx], mask[idx], dec_token_id=tokenizer.dec_token_id, generator=gen,
+                    gather_with_grad=stage.gather_with_grad, negative_floor=stage.negative_floor)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()

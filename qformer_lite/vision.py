@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import cache
+from .seeding import seeded
 from .data import COLOURS, GRID, SHAPES, DataConfig, ImagePool, Scene
 
 
@@ -115,8 +116,8 @@ def pretrain_image_encoder(
     config: VisionConfig, pool: ImagePool, seed: int = 0, progress: bool = True
 ) -> tuple[ImageEncoder, list[float]]:
     """Train a fresh encoder on the dense patch labels of a pool of images; returns it frozen."""
-    torch.manual_seed(seed)
-    encoder, probe = ImageEncoder(config), PatchProbe(config)
+    with seeded(seed):  # the only draws from the global generator; the caller's state is kept
+        encoder, probe = ImageEncoder(config), PatchProbe(config)
     colour, shape = patch_labels(pool.scenes)
     scenes = pool.scenes
     params = list(encoder.parameters()) + list(probe.parameters())

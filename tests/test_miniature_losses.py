@@ -164,3 +164,147 @@ def test_forward_rejects_mismatched_batches():
     model = _tiny_model()
     with pytest.raises(ValueError, match="input_ids must have shape"):
         model(torch.randn(2, 5, 48), torch.ones(3, 4, dtype=torch.long), torch.ones(3, 4), dec_token_id=2)
+
+
+# --- stage 1 as LAVIS trains it ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_process_group(tmp_path_factory):
+    """A gloo process group of one, the world LAVIS's stage 1 always runs in."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield dist
+        return
+    store = tmp_path_factory.mktemp("dist") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield dist
+    dist.destroy_process_group()
+
+
+def _gathered(dist, tensor):
+    """LAVIS's ``concat_all_gather``: every rank's tensor, under no_grad."""
+    with torch.no_grad():
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def _reference_itc(dist, image_feats, text_feats, temp):
+    """ITC written the way ``Blip2Qformer.forward`` (LAVIS 1.0.2) writes it, with real gathers."""
+    text_all, image_all = _gathered(dist, text_feats), _gathered(dist, image_feats)
+    sim_i2t = torch.matmul(image_feats.unsqueeze(1), text_all.unsqueeze(-1)).squeeze(-1).max(-1).values / temp
+    sim_t2i = torch.matmul(text_feats.unsqueeze(1).unsqueeze(1), image_all.permute(0, 2, 1)).squeeze(-2)
+    sim_t2i = sim_t2i.max(-1).values / temp
+    targets = torch.arange(image_feats.shape[0]) + dist.get_rank() * image_feats.shape[0]
+    return (F.cross_entropy(sim_i2t, targets, label_smoothing=0.1)
+            + F.cross_entropy(sim_t2i, targets, label_smoothing=0.1)) / 2
+
+
+def _itc_grads(model, image, ids, mask, loss_fn):
+    model.zero_grad(set_to_none=True)
+    image_feats = F.normalize(model.vision_proj(model.qformer(image).query_output), dim=-1)  # (B, Q, E)
+    text_feats = model.text_features(ids, mask)  # (B, E)
+    loss = loss_fn(image_feats, text_feats, model.temp)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def _batch(model, b=5, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(b, 6, model.config.encoder_hidden_size, generator=gen)
+    ids = torch.randint(6, model.config.vocab_size, (b, 7), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[2, 5:] = 0
+    return image, ids, mask
+
+
+def test_itc_gradient_is_lavis_by_default(one_process_group):
+    model = _tiny_model()
+    image, ids, mask = _batch(model)
+    ref_loss, ref = _itc_grads(model, image, ids, mask, lambda i, t, temp: _reference_itc(one_process_group, i, t, temp))
+    loss, got = _itc_grads(model, image, ids, mask, losses.itc_loss_from_features)
+    assert loss == pytest.approx(float(ref_loss), abs=1e-6)
+    assert got.keys() == ref.keys()
+    scale = max(g.abs().max() for g in ref.values())
+    for name in ref:
+        assert (got[name] - ref[name]).abs().max() <= 1e-5 * scale, name
+
+
+def test_gathering_with_gradient_gives_the_same_loss_and_another_gradient(one_process_group):
+    model = _tiny_model()
+    image, ids, mask = _batch(model)
+    lavis_loss, lavis = _itc_grads(model, image, ids, mask, losses.itc_loss_from_features)
+    both_loss, both = _itc_grads(
+        model, image, ids, mask, lambda i, t, temp: losses.itc_loss_from_features(i, t, temp, gather_with_grad=True))
+    plain_loss, plain = _itc_grads(
+        model, image, ids, mask, lambda i, t, temp: losses.itc_loss(losses.itc_similarity_matrix(i, t), temp))
+    assert both_loss == pytest.approx(float(lavis_loss), abs=1e-6) and plain_loss == pytest.approx(float(lavis_loss))
+    for name in plain:  # gather_with_grad is the one-matrix loss
+        assert torch.allclose(both[name], plain[name], atol=1e-7), name
+    scale = max(g.abs().max() for g in lavis.values())
+    largest_gap = max((both[n] - lavis[n]).abs().max() for n in lavis) / scale
+    assert largest_gap > 0.01, f"the two gradients should differ, largest gap {largest_gap:.4f}"
+    # the temperature sees the same loss either way: only the features' gradients differ
+    assert torch.allclose(lavis["temp"], both["temp"], atol=1e-6)
+
+
+def test_negative_weights_are_lavis_1_0_2s():
+    gen = torch.Generator().manual_seed(0)
+    sim, temp = torch.rand(6, 6, generator=gen) * 2 - 1, 0.05
+    lavis = F.softmax(sim / temp, dim=1) + 1e-4  # blip2_qformer.py at release 1.0.2
+    lavis.fill_diagonal_(0)
+    expected = lavis / lavis.sum(dim=1, keepdim=True)  # what torch.multinomial draws from
+    assert torch.allclose(losses.negative_weights(sim, temp), expected, atol=1e-7)
+    assert (losses.negative_weights(sim, temp) >= 1e-4 / (1 + 6e-4) - 1e-9).masked_fill(torch.eye(6, dtype=bool), True).all()
+
+
+def test_negative_weights_without_floor_are_lavis_main_branchs():
+    gen = torch.Generator().manual_seed(0)
+    sim, temp = torch.rand(6, 6, generator=gen) * 2 - 1, 0.05
+    masked = (sim / temp).clone()
+    masked.fill_diagonal_(-10000)  # blip2_qformer.py on the main branch
+    expected = F.softmax(masked, dim=1)
+    assert torch.allclose(losses.negative_weights(sim, temp, floor=0.0), expected, atol=1e-7)
+
+
+def test_negative_floor_reaches_every_negative_even_when_one_dominates():
+    sim = torch.full((4, 4), -1.0)
+    sim[0, 1] = 1.0  # for image 0, text 1 takes nearly all the mass at temp 0.01
+    sim.fill_diagonal_(1.0)
+    gen = torch.Generator().manual_seed(0)
+    drawn = {int(losses.sample_hard_negatives(sim, 0.01, gen, floor=0.1)[1][0]) for _ in range(300)}
+    assert drawn == {1, 2, 3}
+    without = {int(losses.sample_hard_negatives(sim, 0.01, gen, floor=0.0)[1][0]) for _ in range(300)}
+    assert without == {1}
+
+
+def test_negative_weights_reject_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        losses.negative_weights(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="floor must be >= 0"):
+        losses.negative_weights(torch.zeros(3, 3), floor=-1.0)
+
+
+def test_itg_labels_by_mask_are_lavis_labels_by_pad_id():
+    from qformer_lite.language import CaptionTokenizer
+
+    tok = CaptionTokenizer()
+    ids, mask = tok.qformer(["a red circle at the top left", "a blue square left of a green star", "a red circle"])
+    _, by_mask = losses.itg_inputs(ids, mask, tok.dec_token_id)
+    dec = ids.clone()
+    dec[:, 0] = tok.dec_token_id
+    by_pad_id = dec.masked_fill(dec == tok.pad_token_id, -100)  # LAVIS's rule
+    assert (mask == 0).any() and torch.equal(by_mask, by_pad_id)
+
+
+def test_forward_uses_lavis_choices_and_can_be_told_otherwise():
+    model = _tiny_model()
+    image, ids, mask = _batch(model)
+    args = (image, ids, mask)
+    out = model(*args, dec_token_id=2, generator=torch.Generator().manual_seed(0))
+    both = model(*args, dec_token_id=2, generator=torch.Generator().manual_seed(0), gather_with_grad=True)
+    assert out.loss_itc.item() == pytest.approx(both.loss_itc.item(), abs=1e-6)
+    assert torch.equal(out.neg_image, both.neg_image)
