@@ -1,11 +1,13 @@
 """Batched captioning at BLIP-2 size: qformer_lite's Blip2T5 against HF's Blip2ForConditionalGeneration.
 
-Builds the full architecture with random weights (no download): EVA ViT-g dimensions (1408
-wide, 39 layers, 257 tokens at 224 px), the BLIP-2 Q-Former (768 wide, 12 layers, 32
-queries) and Flan-T5-XL dimensions (d_model 2048, 24 + 24 layers, gated GELU, 32128 words).
-``Blip2T5`` is made from the HF model by ``blip2_t5_from_hf``, so both share the vision encoder
-and T5 weights and differ only in the Q-Former code. The Q-Former runs in float32 in both,
-the rest in ``--dtype``.
+Builds the architecture of ``Salesforce/blip2-flan-t5-xl`` with random weights (no download;
+``qformer_lite.hf.flan_t5_xl_blip2_config``): EVA ViT-g dimensions (1408 wide, 39 layers, 257
+tokens at 224 px), the BLIP-2 Q-Former (768 wide, 12 layers, 32 queries) and Flan-T5-XL
+(d_model 2048, 24 + 24 layers, gated GELU, 32128 words) with its ``lm_head`` untied from the
+shared embeddings, as in the checkpoint (a T5 built from a config ties them). ``Blip2T5`` is
+made from the HF model by ``blip2_t5_from_hf``, so both share the vision encoder and T5
+weights and differ only in the Q-Former code. The Q-Former runs in float32 in both, the rest
+in ``--dtype``.
 
 Generation uses LAVIS's defaults (5 beams, an empty prompt) and writes exactly
 ``--new-tokens`` tokens (min = max) so both variants do the same work. Each repeat times
@@ -31,20 +33,9 @@ IMAGE_TOKEN = 32100  # any id of the vocabulary: HF's placeholders for the 32 qu
 
 
 def full_size_config():
-    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, T5Config
+    from qformer_lite.hf import flan_t5_xl_blip2_config
 
-    t5 = T5Config(  # google/flan-t5-xl, with LAVIS's / HF's converter's dense_act_fn="gelu"
-        vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
-        num_heads=32, feed_forward_proj="gated-gelu", dense_act_fn="gelu", tie_word_embeddings=False,
-        pad_token_id=0, eos_token_id=1, bos_token_id=1, decoder_start_token_id=0,
-    )
-    cfg = Blip2Config(
-        vision_config=Blip2VisionConfig().to_dict(),  # HF's defaults are EVA ViT-g/14's
-        qformer_config=Blip2QFormerConfig().to_dict(),  # and BLIP-2's Q-Former
-        text_config=t5.to_dict(), num_query_tokens=32,
-    )
-    cfg.image_token_id = IMAGE_TOKEN
-    return cfg
+    return flan_t5_xl_blip2_config(image_token_id=IMAGE_TOKEN)
 
 
 def smoke_config():
@@ -58,11 +49,12 @@ def smoke_config():
 def build(cfg, device, dtype, seed=0):
     from transformers import Blip2ForConditionalGeneration
 
-    from qformer_lite.hf import blip2_t5_from_hf
+    from qformer_lite.hf import blip2_t5_from_hf, untie_lm_head_
 
     torch.manual_seed(seed)
     with torch.device(device):
         hf = Blip2ForConditionalGeneration(cfg)
+        untie_lm_head_(hf)  # Flan-T5-XL's head is its own, not the shared embeddings
     with torch.no_grad():
         hf.query_tokens.normal_(0.0, 0.02)  # HF starts them at zero; make them matter
     hf.to(dtype)

@@ -3,6 +3,13 @@
 The projected queries are a soft prompt: 32 vectors in T5's input-embedding space, put in
 front of the text prompt's embeddings and read by the T5 *encoder*. The decoder only writes
 the answer.
+
+The loss is T5's cross-entropy on ``labels``. Whatever text goes in front (``input_ids``) is
+the caller's choice, as in LAVIS, whose ``Blip2T5.forward`` reads ``text_input`` (encoder,
+after the queries) and ``text_output`` (target) from the dataset: the paper's prefix language
+modelling splits a text in two, the prefix as ``input_ids`` and the rest as ``labels``; LAVIS's
+caption datasets give an empty ``text_input``, which is plain language modelling of the
+caption conditioned on the queries, and what the miniature trains.
 """
 
 from __future__ import annotations
@@ -42,9 +49,16 @@ class Blip2T5(nn.Module):
     """BLIP-2 with an encoder-decoder language model (T5 / Flan-T5).
 
     ``vision_encoder`` maps pixels to image features (B, N, C), its final LayerNorm
-    (LAVIS's ``ln_vision``) included; it may return a tensor or an object with
-    ``last_hidden_state``. Only the Q-Former and the projection are trained: the vision
-    encoder and the language model are frozen and kept in eval mode.
+    (LAVIS's ``ln_vision``, HF's ``post_layernorm``) included; it may return a tensor or an
+    object with ``last_hidden_state``.
+
+    What trains: the Q-Former (its query tokens included) and the projection. The whole
+    vision encoder, that last LayerNorm included, and the language model are frozen and
+    kept in eval mode; so the encoder's features can be computed once and reused
+    (``image_embeds``), as the miniature does. LAVIS freezes a little less: ``freeze_vit``
+    freezes ``visual_encoder`` only, and ``ln_vision`` is a LayerNorm outside it, so it
+    trains in stage 2 as in stage 1; its COCO-caption fine-tune (``caption_coco_flant5xl``)
+    also unfreezes the ViT itself, run in float32 at 364 pixels. ``Blip2T5`` does neither.
     """
 
     def __init__(self, vision_encoder: nn.Module, qformer: QFormer, language_model: nn.Module):
@@ -117,8 +131,10 @@ class Blip2T5(nn.Module):
         self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, decoder_input_ids=None,
         image_embeds=None,
     ):
-        """``input_ids``: the prompt alone (no image placeholders); ``labels``: the target ids
-        with padding at -100. T5 shifts the labels right to make its decoder inputs. Without
+        """``input_ids``: the text the encoder reads after the queries, alone (no image
+        placeholders): a prompt, or the prefix of a text split for prefix language
+        modelling; ``None`` is the empty prompt (``</s>``). ``labels``: the target ids with
+        padding at -100. T5 shifts the labels right to make its decoder inputs. Without
         labels or ``decoder_input_ids``, the logits are those of the decoder's first step.
         ``image_embeds`` may replace ``pixel_values`` (see ``image_prefix``)."""
         prefix, q_out = self.image_prefix(pixel_values, image_embeds=image_embeds)

@@ -197,15 +197,26 @@ def blip2_t5_from_hf(model_or_path, dtype: torch.dtype | None = None, device=Non
     """A ``Blip2T5`` from an HF ``Blip2ForConditionalGeneration`` with a T5 language model (or a
     model id such as ``Salesforce/blip2-flan-t5-xl``, or a local folder holding one).
 
-    HF's vision encoder and T5 are reused as they are (frozen); the Q-Former and the query
-    tokens are converted into ``qformer_lite`` and kept in float32, as LAVIS and HF keep them;
-    the projection is copied. ``dtype`` sets the vision encoder, projection and T5: bfloat16 or
-    float32 for T5; float16 keeps T5's feed-forward output layers in float32, as HF does (a
-    T4 has no fast bfloat16). Loading from a folder or an id reads the weights in ``dtype``.
+    HF's vision encoder (its ``post_layernorm`` is LAVIS's ``ln_vision``), projection and T5
+    are reused as they are and shared with the HF model; the query tokens and the Q-Former are
+    converted into ``qformer_lite`` and kept in float32.
+
+    Precision. LAVIS runs the ViT in float16 (``ln_vision`` computes in float32), the Q-Former
+    and ``t5_proj`` in float32, and T5 in bfloat16. ``dtype`` moves the vision encoder, the
+    projection and T5 together: with ``torch.bfloat16`` the Q-Former (float32) and T5
+    (bfloat16) are as in LAVIS, while the ViT and the projection are bfloat16, not float16
+    and float32. ``torch.float16`` (for GPUs without fast bfloat16, such as a T4) keeps T5's
+    feed-forward output layers (``wo``) in float32, as HF does, since Flan-T5 overflows
+    float16 there; a T5 with float16 ``wo`` is refused. ``None`` leaves every part as it is.
+
+    From a folder or an id with a 16-bit ``dtype``, the weights are read in float16, the one
+    dtype for which HF keeps ``query_tokens``, ``qformer`` and T5's ``wo`` in float32, and
+    then moved to ``dtype``: read in bfloat16, the Q-Former would be rounded to bfloat16
+    before its conversion to float32. Without ``dtype`` they are read in float32.
     """
     from .blip2_t5 import Blip2T5
 
-    load_dtype = dtype if dtype is not None else torch.float32
+    load_dtype = torch.float16 if dtype in (torch.float16, torch.bfloat16) else (dtype or torch.float32)
     hf = load_hf_model(
         model_or_path, ("Blip2ForConditionalGeneration",), load_dtype, check_config=_require_t5, device=device
     )
@@ -224,6 +235,46 @@ def blip2_t5_from_hf(model_or_path, dtype: torch.dtype | None = None, device=Non
         part.requires_grad_(True)
     model.eval()
     return model.to(device) if device is not None else model
+
+
+def flan_t5_xl_blip2_config(image_token_id: int = 32100):
+    """The architecture of ``Salesforce/blip2-flan-t5-xl`` as an HF ``Blip2Config``, to build
+    with random weights (no download): EVA ViT-g/14 (HF's vision defaults), BLIP-2's
+    Q-Former (HF's Q-Former defaults, 32 queries) and Flan-T5-XL with the ``dense_act_fn``
+    "gelu" that LAVIS and HF's converter set.
+
+    A T5 built from a config ties ``lm_head`` to the shared embeddings (transformers 5 forces
+    ``tie_word_embeddings``; ``False`` only turns off the decoder-output scaling, as T5 v1.1
+    needs). Flan-T5-XL's checkpoint has a head of its own: apply ``untie_lm_head_`` to the
+    built model to count and hold what the checkpoint holds.
+    """
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, T5Config
+
+    t5 = T5Config(
+        vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
+        num_heads=32, feed_forward_proj="gated-gelu", dense_act_fn="gelu", tie_word_embeddings=False,
+        pad_token_id=0, eos_token_id=1, bos_token_id=1, decoder_start_token_id=0,
+    )
+    config = Blip2Config(
+        vision_config=Blip2VisionConfig().to_dict(), qformer_config=Blip2QFormerConfig().to_dict(),
+        text_config=t5.to_dict(), num_query_tokens=32,
+    )
+    config.image_token_id = image_token_id
+    return config
+
+
+def untie_lm_head_(model: nn.Module) -> nn.Module:
+    """Give T5's ``lm_head`` a weight of its own (a copy of the shared embeddings), as Flan-T5's
+    checkpoints have. ``model``: a ``Blip2ForConditionalGeneration`` or a T5 built from a
+    config, on any device, the meta device included. HF's ``tie_weights()`` would tie the
+    two again. Returns ``model``."""
+    lm = getattr(model, "language_model", model)
+    head, shared = getattr(lm, "lm_head", None), getattr(lm, "shared", None)
+    if not isinstance(head, nn.Linear) or not isinstance(shared, nn.Embedding):
+        raise ValueError(f"expected a T5 (an lm_head and shared embeddings), got a {type(lm).__name__}")
+    if head.weight is shared.weight:
+        head.weight = nn.Parameter(shared.weight.detach().clone(), requires_grad=shared.weight.requires_grad)
+    return model
 
 
 def tiny_hf_blip2_config(

@@ -6,7 +6,8 @@ from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
 
 from hf_helpers import build, tiny_hf_blip2_config
 from qformer_lite.blip2_t5 import Blip2T5
-from qformer_lite.hf import blip2_t5_from_hf, tiny_t5_tokenizer
+from qformer_lite.hf import blip2_t5_from_hf, flan_t5_xl_blip2_config, qformer_from_hf, tiny_t5_tokenizer
+from qformer_lite.hf import untie_lm_head_
 
 IMAGE_TOKEN = 119  # the last id of the tiny vocabulary
 
@@ -88,6 +89,10 @@ def test_qformer_stays_in_float32_and_fp16_t5_is_refused(saved):
     assert wo and set(wo) == {torch.float32}
     assert half.language_model.shared.weight.dtype == torch.float16
 
+    # read in float16 (HF keeps the Q-Former in float32 then), not rounded through bfloat16
+    exact = qformer_from_hf(hf).state_dict()
+    assert all(torch.equal(v, exact[k]) for k, v in lite.qformer.state_dict().items())
+
     all_half = build(Blip2ForConditionalGeneration, hf.config, randomize=False).half()
     with pytest.raises(ValueError, match="float16 overflows.*bfloat16 or float32"):
         blip2_t5_from_hf(all_half)
@@ -152,3 +157,25 @@ def test_chapter_8_loading_route_keeps_hf_equal(saved):
     kw = dict(num_beams=3, max_new_tokens=10, min_new_tokens=2)
     ref = hf.generate(pixel_values=px, input_ids=hf_ids, attention_mask=hf_mask, **kw)
     assert torch.equal(lite.generate(px, ids, mask, **kw), ref)
+
+
+def test_flan_t5_xl_architecture_counts_with_its_own_lm_head():
+    """Built on the meta device (shapes only): T5 ties lm_head when built from a config."""
+    config = flan_t5_xl_blip2_config()
+    with torch.device("meta"):
+        hf = Blip2ForConditionalGeneration(config)
+    lm = hf.language_model
+    assert lm.lm_head.weight is lm.shared.weight and not lm.config.scale_decoder_outputs
+    tied = sum(p.numel() for p in lm.parameters())
+    assert untie_lm_head_(hf) is hf and lm.lm_head.weight is not lm.shared.weight
+    assert lm.encoder.embed_tokens.weight is lm.shared.weight  # those stay shared, as in the checkpoint
+    untied = sum(p.numel() for p in lm.parameters())
+    assert untied - tied == 32128 * 2048
+    assert (tied, untied) == (2_783_959_040, 2_849_757_184)
+    assert sum(p.numel() for p in hf.qformer.parameters()) + hf.query_tokens.numel() == 105_162_240
+    assert config.text_config.dense_act_fn == "gelu" and config.image_token_id == 32100
+
+
+def test_untie_needs_a_t5():
+    with pytest.raises(ValueError, match="expected a T5 .*got a Linear"):
+        untie_lm_head_(torch.nn.Linear(2, 2))
