@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
 
-.PHONY: install test unit notebooks book book-strict clean
+.PHONY: install test unit notebooks book book-strict clean test-lavis
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,22 @@ book: book-strict
 	@echo
 	@echo "The book is built. Open it in a browser:"
 	@echo "  file://$(CURDIR)/_build/html/index.html"
+
+# Optional: stage 1 against LAVIS 1.0.2's own Blip2Qformer.forward, in a venv of its own
+# (LAVIS needs transformers 4.x); see tests/lavis/README.md.
+LAVIS_VENV := .venv-lavis
+LAVIS_REF  := $(LAVIS_VENV)/reference.pt
+OFFLINE    := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+$(LAVIS_VENV)/.installed: tests/lavis/requirements.txt
+	test -x $(LAVIS_VENV)/bin/python || $(PYTHON) -m venv $(LAVIS_VENV)
+	$(LAVIS_VENV)/bin/python -m pip install -q -r tests/lavis/requirements.txt
+	$(LAVIS_VENV)/bin/python -m pip install -q --no-deps salesforce-lavis==1.0.2
+	touch $@
+
+test-lavis: install $(LAVIS_VENV)/.installed
+	$(OFFLINE) $(LAVIS_VENV)/bin/python tests/lavis/reference.py $(LAVIS_REF)
+	$(OFFLINE) LAVIS_REFERENCE=$(CURDIR)/$(LAVIS_REF) $(BIN)/python -m pytest tests/test_lavis_parity.py -v -s -rs
 
 clean:
 	rm -rf _build .pytest_cache
