@@ -3,12 +3,16 @@
 Each ``check_*`` runs the learner's answer against ``qformer_lite`` on small random inputs,
 prints one clear message (a pass, or what is wrong and a hint), and returns a ``CheckResult``
 that is true when the answer passed.
-They never raise: an exception inside the learner's code is reported as a hint.
+They never raise: an exception inside the learner's code is reported as a hint that names
+the learner's own line.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import os
+import sysconfig
 import textwrap
 import traceback
 from typing import Any, Callable
@@ -27,13 +31,15 @@ WIDTH = 78  # printed lines wrap here, so that they fit a notebook or a book pag
 
 # Numeric and short answers: key -> (expected, hint when wrong).
 ANSWERS: dict[str, tuple[Any, str]] = {
-    "vit_tokens_364": (
-        677,
-        "ViT-g/14 cuts a 364-px image into (364 // 14)² patches of 14 px, and adds one [CLS] token.",
+    "images_in_2048_all_tokens": (
+        2048 // ((364 // 14) ** 2 + 1),
+        "ViT-g/14 cuts a 364-px image into (364 // 14)² patches of 14 px and adds one [CLS] "
+        "token; only whole images fit: 2048 // (tokens per image).",
     ),
-    "llm_tokens_queries_364": (
-        32,
-        "The Q-Former always hands the LLM num_query_tokens vectors, whatever the image size.",
+    "images_in_2048_queries": (
+        2048 // 32,
+        "The Q-Former hands the language model num_query_tokens = 32 vectors per image, "
+        "whatever the image size: 2048 // 32.",
     ),
     "self_attention_params": (
         2_363_904,
@@ -45,10 +51,17 @@ ANSWERS: dict[str, tuple[Any, str]] = {
         "The query projection is Linear(768, 768), but key and value read the 1408-wide image "
         "features: Linear(1408, 768). Add the output dense (768, 768) and its LayerNorm.",
     ),
-    "text_sees_image_in_one_layer": (
-        False,
-        "In a layer, self-attention runs before cross-attention: the text reads the queries "
-        "before they have read the image. Only the next layer passes image content on.",
+    "cross_blocks_reaching_text": (
+        6,
+        "The text reads the queries in every layer's self-attention, which runs before that "
+        "layer's cross-attention. A block in layer i changes the queries after the text has "
+        "read them, so the text first sees its work in layer i + 1, if there is one.",
+    ),
+    "cross_blocks_reaching_text_odd": (
+        5,
+        "The text reads the queries in every layer's self-attention, which runs before that "
+        "layer's cross-attention. A block in layer i reaches the text in layer i + 1; the "
+        "last layer, 11, has no next layer.",
     ),
     "instructblip_mask": (
         "itm",
@@ -81,9 +94,49 @@ def _say(ok: bool, message: str) -> CheckResult:
     return CheckResult(ok, line)
 
 
+def _library_dirs() -> tuple[str, ...]:
+    """Folders whose code is not the learner's: torch, einops, this package, the stdlib and
+    any installed package."""
+    import einops
+
+    dirs = {os.path.dirname(torch.__file__), os.path.dirname(einops.__file__), os.path.dirname(__file__)}
+    paths = sysconfig.get_paths()
+    dirs.update(paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths)
+    return tuple(os.path.realpath(d) + os.sep for d in dirs)
+
+
+def _learners_frame(err: BaseException) -> traceback.FrameSummary | None:
+    """The last traceback frame in the learner's code (a notebook cell, a script), or None."""
+    skip = _library_dirs()
+    frames = traceback.extract_tb(err.__traceback__)
+    for frame in reversed(frames):
+        path = os.path.realpath(frame.filename) if os.path.isabs(frame.filename) else frame.filename
+        if frame.filename.startswith("<frozen") or path.startswith(skip):
+            continue
+        if any(part in path.split(os.sep) for part in ("site-packages", "dist-packages")):
+            continue
+        return frame
+    return None
+
+
+class _CalledTheModule(RuntimeError):
+    """Raised when an exercise asks for a computation by hand and the module was called."""
+
+
 def _raised(name: str, err: BaseException) -> CheckResult:
-    last = traceback.extract_tb(err.__traceback__)[-1]
-    return _say(False, f"{name} raised {type(err).__name__}: {err} (line {last.lineno}). Hint: run it on "
+    if isinstance(err, _CalledTheModule):
+        return _say(False, f"{name} calls the module itself. Hint: {err}")
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    if len(first_line) > 160:
+        first_line = first_line[:157] + "..."
+    frame = _learners_frame(err)
+    where = ""
+    if frame is not None:
+        code = " ".join((frame.line or "").split())
+        if len(code) > 80:
+            code = code[:77] + "..."
+        where = f" (line {frame.lineno}, in {frame.name}" + (f": {code}" if code else "") + ")"
+    return _say(False, f"{name} raised {type(err).__name__}: {first_line}{where}. Hint: run it on "
                        f"a small input and print the shapes step by step.")
 
 
@@ -99,7 +152,7 @@ def _call(name: str, fn: Callable, *args):
 
 def _first(result):
     """Accept either a tensor or a tuple whose first item is the tensor."""
-    return result[0] if isinstance(result, (tuple, list)) else result
+    return result[0] if isinstance(result, (tuple, list)) and len(result) else result
 
 
 def _same_shape(name: str, got, expected: torch.Tensor, what: str):
@@ -112,34 +165,64 @@ def _same_shape(name: str, got, expected: torch.Tensor, what: str):
     return None
 
 
+def _plain(value: Any) -> Any:
+    """A one-element tensor or numpy scalar as the Python number or bool it holds."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
+        return value.item()
+    return value
+
+
 def check_answer(key: str, value: Any, answers: dict[str, tuple[Any, str]] | None = None) -> CheckResult:
     """Compare a short answer (a number, a bool or a word) with the book's (``answers``:
-    key -> (expected, hint); by default the chapters' ``ANSWERS``)."""
+    key -> (expected, hint); by default the chapters' ``ANSWERS``).
+
+    A bool answer must be ``True`` or ``False`` (not 0 or 1); a number must not be a bool.
+    """
     answers = ANSWERS if answers is None else answers
     if key not in answers:
         return _say(False, f"unknown exercise key {key!r}; known: {', '.join(sorted(answers))}")
     expected, hint = answers[key]
     if value is None or value is ...:
         return _say(False, f"no answer yet for {key!r}. Replace the ... with your value.")
-    if isinstance(expected, str):
-        ok = isinstance(value, str) and value.strip().lower() == expected
-    elif isinstance(expected, bool):
-        ok = isinstance(value, (bool, int)) and bool(value) == expected and not isinstance(value, float)
+    value = _plain(value)
+    if isinstance(expected, bool):
+        if not isinstance(value, bool):
+            return _say(False, f"{key} expects True or False; got the {type(value).__name__} {value!r}. "
+                               f"Hint: write the answer as True or False, not as 0 or 1.")
+        ok = value == expected
+    elif isinstance(expected, str):
+        if not isinstance(value, str):
+            return _say(False, f"{key} expects a word in quotes, such as one of the names in the "
+                               f"question; got the {type(value).__name__} {value!r}.")
+        ok = value.strip().lower() == expected
     else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == expected
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return _say(False, f"{key} expects a number; got the {type(value).__name__} {value!r}.")
+        if math.isnan(value):
+            return _say(False, f"{key} is NaN. Hint: {hint}")
+        ok = value == expected
     if ok:
         return _say(True, f"{key} = {value!r}.")
-    if isinstance(expected, int) and not isinstance(expected, bool) and isinstance(value, (int, float)):
+    if isinstance(expected, numbers.Real) and not isinstance(expected, bool):
         direction = "too high" if value > expected else "too low"
-        return _say(False, f"{value:,} is {direction} for {key}. Hint: {hint}")
+        shown = f"{value:,}" if float(value).is_integer() else f"{value:,.4g}"
+        return _say(False, f"{shown} is {direction} for {key}. Hint: {hint}")
     return _say(False, f"{value!r} is not the answer for {key}. Hint: {hint}")
 
 
 # --- chapter 1 -------------------------------------------------------------------------------
 
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when ``a`` is a view of ``b``'s storage (no copy was made)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
     """``cls(num_queries, hidden_size)`` must build a module whose only parameter is a (1, Q, D)
-    tensor drawn from N(0, 0.02), and whose ``forward(batch)`` returns it expanded to (B, Q, D)."""
+    tensor drawn from N(0, 0.02²), and whose ``forward(batch)`` returns it for the batch as a
+    view (``expand``: no copy), with the gradients of every image reaching the parameter."""
     name = getattr(cls, "__name__", "your class")
     torch.manual_seed(0)
     failed, module = _call(name, cls, 32, 768)
@@ -155,10 +238,16 @@ def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
     if tuple(weight.shape) != (1, 32, 768):
         return _say(False, f"the parameter has shape {tuple(weight.shape)}; expected (1, 32, 768) = (1, Q, D). "
                            f"Hint: the leading 1 lets one set of queries serve every image in a batch.")
-    std, mean = float(weight.detach().std()), float(weight.detach().mean())
+    values = weight.detach().float()
+    std, mean = float(values.std()), float(values.mean())
     if not (0.018 < std < 0.022 and abs(mean) < 0.002):
-        return _say(False, f"the queries have mean {mean:.3f} and std {std:.3f}; LAVIS draws them from "
-                           f"N(0, 0.02). Hint: nn.init.normal_(weight, mean=0.0, std=0.02).")
+        return _say(False, f"the queries have mean {mean:.2g} and std {std:.2g}; LAVIS draws them from "
+                           f"N(0, 0.02²). Hint: nn.init.normal_(weight, mean=0.0, std=0.02).")
+    within_one_std = float(((values - mean).abs() < std).float().mean())  # 0.683 for a normal
+    if not 0.65 < within_one_std < 0.72:
+        return _say(False, f"the queries have std 0.02 but are not normal: {within_one_std:.0%} of them lie "
+                           f"within one std of the mean, where a normal distribution has 68%. "
+                           f"Hint: nn.init.normal_(weight, mean=0.0, std=0.02), not uniform_.")
     failed, out = _call(f"{name}.forward", module, 3)
     if failed is None:
         failed = _same_shape(f"{name}(3)", out, torch.empty(3, 32, 768), "(B, Q, D)")
@@ -166,17 +255,23 @@ def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
         return failed
     if not all(torch.equal(out[b], weight[0]) for b in range(3)):
         return _say(False, "every image in the batch must get the same queries: out[b] == weight[0].")
+    if not out.requires_grad:
+        return _say(False, "the output carries no gradients back to the parameter (it is detached, or "
+                           "made from .data). Hint: return self.weight.expand(batch_size, -1, -1).")
     out.sum().backward()
     if weight.grad is None or not torch.allclose(weight.grad, torch.full_like(weight, 3.0)):
         return _say(False, "the batch's gradients do not reach the parameter (or not all of them). "
                            "Hint: weight.expand(batch, -1, -1) keeps the graph and copies nothing.")
-    shares = out.data_ptr() == weight.data_ptr()
-    return _say(True, "one (1, Q, D) parameter, N(0, 0.02), shared by the batch"
-                      + (" as a view (no copy)." if shares else "; tip: .expand() would avoid a copy."))
+    if not _shares_memory(out, weight):
+        return _say(False, "the batch is a copy of the queries: it does not share the parameter's memory. "
+                           "Hint: use .expand(batch_size, -1, -1), which returns a view; .repeat(), "
+                           "torch.cat and .contiguous() copy.")
+    return _say(True, "one (1, Q, D) parameter, N(0, 0.02²), shared by the batch as a view (no copy).")
 
 
 def check_equivariance_test(fn: Callable) -> CheckResult:
     """``fn(f, x, perm)`` must return True when ``f(x[:, perm])`` equals ``f(x)[:, perm]``."""
+    name = getattr(fn, "__name__", "your function")
     torch.manual_seed(0)
     x = torch.randn(2, 6, 8)
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
@@ -195,10 +290,17 @@ def check_equivariance_test(fn: Callable) -> CheckResult:
     cases = [(mixing, True, "self-attention without positions"), (pooled, True, "a per-token map plus a mean"),
              (with_positions, False, "self-attention after adding position embeddings")]
     for f, expected, label in cases:
-        failed, got = _call(getattr(fn, "__name__", "your function"), fn, f, x, perm)
+        failed, got = _call(name, fn, f, x.clone(), perm.clone())
         if failed is not None:
             return failed
-        if not isinstance(got, (bool, torch.Tensor)) or bool(got) != expected:
+        got = _plain(got)
+        if isinstance(got, torch.Tensor):
+            return _say(False, f"{name} returns a tensor of shape {tuple(got.shape)}; it should return one "
+                               f"True or False. Hint: torch.allclose(f(x[:, perm]), f(x)[:, perm]) compares "
+                               f"all entries at once.")
+        if not isinstance(got, bool):
+            return _say(False, f"{name} returns {got!r}; it should return True or False.")
+        if got != expected:
             return _say(False, f"for {label} your test says {got!r}; it should say {expected}. "
                                f"Hint: compare f(x[:, perm]) with f(x)[:, perm] using torch.allclose.")
     return _say(True, "your test tells order-free maps from maps that use positions.")
@@ -206,79 +308,131 @@ def check_equivariance_test(fn: Callable) -> CheckResult:
 
 # --- chapter 2 -------------------------------------------------------------------------------
 
+def _attention_inputs():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+    mask = torch.rand(2, 1, 5, 7) > 0.4
+    # every row sees at least one key and hides at least one, so that the inverted mask is a
+    # mask too (a row that hides every key gives NaN)
+    mask[..., 0] = True
+    mask[..., -1] = False
+    return q, k, v, mask
+
+
+def _attention_output(name: str, got, expected: torch.Tensor, num_keys: int):
+    """The output tensor from what the learner returned, or a failure with a hint."""
+    if isinstance(got, (tuple, list)):
+        tensors = [t for t in got if isinstance(t, torch.Tensor)]
+        if (len(tensors) == 2 and tuple(tensors[1].shape) == tuple(expected.shape)
+                and tuple(tensors[0].shape) != tuple(expected.shape)):
+            return _say(False, f"{name} returns (probabilities, output); return the output first: "
+                               f"(output, probabilities)."), None
+        got = _first(got)
+    if isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(expected.shape[:-1]) + (num_keys,):
+        return _say(False, f"{name} returned shape {tuple(got.shape)}, the shape of the probabilities "
+                           f"(B, H, L_q, L_k). Hint: the output is probabilities @ v."), None
+    return _same_shape(name, got, expected, "(B, H, L_q, d)"), got
+
+
 def check_attention(fn: Callable) -> CheckResult:
     """``fn(q, k, v, mask=None)`` must equal softmax(q kᵀ / √d) v, with a bool mask (True = may attend).
     It may return the output alone or (output, probabilities)."""
     name = getattr(fn, "__name__", "your function")
-    torch.manual_seed(0)
-    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
-    mask = torch.rand(2, 1, 5, 7) > 0.4
-    mask[..., 0] = True  # every row sees at least one key
+    q, k, v, mask = _attention_inputs()
+    scores = q @ k.transpose(-2, -1)  # (B, H, L_q, L_k), not yet scaled
     expected, _ = attention_from_scratch(q, k, v)
-    failed, got = _call(name, fn, q, k, v)
+    failed, got = _call(name, fn, q.clone(), k.clone(), v.clone())
     if failed is not None:
         return failed
-    got = _first(got)
-    failed = _same_shape(name, got, expected, "(B, H, L_q, d)")
+    failed, got = _attention_output(name, got, expected, k.shape[-2])
     if failed is not None:
         return failed
     if not torch.allclose(got, expected, atol=1e-5):
-        unscaled = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
-        wrong_dim = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-2) @ v
-        if torch.allclose(got, unscaled, atol=1e-5):
-            return _say(False, "the scores are not scaled. Hint: divide q @ kᵀ by √d, d = q.shape[-1].")
-        if torch.allclose(got, wrong_dim, atol=1e-5):
-            return _say(False, "the softmax runs over the wrong axis. Hint: each row (one query) is a "
-                               "distribution over the keys: softmax(dim=-1).")
+        wrong = [
+            (torch.softmax(scores, dim=-1) @ v, "the scores are not scaled. Hint: divide q @ kᵀ by √d, "
+                                                "d = q.shape[-1]."),
+            (torch.softmax(scores / 8, dim=-1) @ v, "the scores are divided by d; the scale is √d, "
+                                                    "math.sqrt(q.shape[-1])."),
+            (torch.softmax(scores / math.sqrt(8), dim=-2) @ v, "the softmax runs over the wrong axis. Hint: "
+                                                               "each row (one query) is a distribution over "
+                                                               "the keys: softmax(dim=-1)."),
+        ]
+        for candidate, message in wrong:
+            if torch.allclose(got, candidate, atol=1e-5):
+                return _say(False, message)
         return _say(False, f"the output differs from softmax(q kᵀ / √d) v by up to "
                            f"{float((got - expected).abs().max()):.3g}.")
-    failed, got = _call(name, fn, q, k, v, mask)
+    failed, got = _call(name, fn, q.clone(), k.clone(), v.clone(), mask.clone())
     if failed is not None:
         return failed
-    got = _first(got)
     expected_masked, _ = attention_from_scratch(q, k, v, mask)
-    failed = _same_shape(name, got, expected_masked, "(B, H, L_q, d)")
+    failed, got = _attention_output(name, got, expected_masked, k.shape[-2])
     if failed is not None:
         return failed
     if not torch.allclose(got, expected_masked, atol=1e-5):
-        inverted, _ = attention_from_scratch(q, k, v, ~mask | (torch.arange(7) == 0))
+        scaled = scores / math.sqrt(8)
+        inverted, _ = attention_from_scratch(q, k, v, ~mask)
+        zero_scores = scaled.masked_fill(~mask, 0.0).softmax(-1) @ v
+        zeroed_after = scaled.softmax(-1).masked_fill(~mask, 0.0) @ v
         if torch.allclose(got, expected, atol=1e-5):
             return _say(False, "the mask is ignored. Hint: scores.masked_fill(~mask, float('-inf')) "
                                "before the softmax.")
-        if torch.allclose(got, inverted, atol=1e-4):
-            return _say(False, "the mask is inverted: True means the key MAY be attended to.")
+        if torch.allclose(got, inverted, atol=1e-5):
+            return _say(False, "the mask is inverted: your function hides the keys where mask is True. "
+                               "True means the key MAY be attended to: fill the scores where ~mask.")
+        if torch.allclose(got, zero_scores, atol=1e-5):
+            return _say(False, "hidden scores are set to 0, which still gets weight e⁰ = 1 in the softmax. "
+                               "Hint: fill them with float('-inf').")
+        if torch.allclose(got, zeroed_after, atol=1e-5):
+            return _say(False, "the hidden weights are zeroed after the softmax, so the visible ones no "
+                               "longer sum to 1. Hint: hidden scores get -inf before the softmax.")
         return _say(False, "with a mask, the output differs. Hint: hidden keys get -inf before the softmax "
                            "(not after), so the visible ones still sum to 1.")
     return _say(True, "scaled dot-product attention, with and without a mask.")
 
 
 def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> CheckResult:
-    """``split(x, h)``: (B, L, h·d) -> (B, h, L, d); ``merge(x)``: back to (B, L, h·d)."""
+    """``split(x, h)``: (B, L, h·d) -> (B, h, L, d); ``merge(x)``: back to (B, L, h·d).
+    Tried with ``num_heads`` heads and with half as many."""
     torch.manual_seed(0)
     x = torch.randn(2, 5, 16)
-    expected = rearrange(x, "b l (h d) -> b h l d", h=num_heads)
-    failed, got = _call(getattr(split, "__name__", "split"), split, x, num_heads)
-    if failed is None:
-        failed = _same_shape("split", got, expected, "(B, H, L, d)")
-    if failed is not None:
-        return failed
-    if not torch.equal(got, expected):
-        if torch.equal(got, rearrange(x, "b l (d h) -> b h l d", h=num_heads)):
-            return _say(False, "the heads are interleaved. Hint: head h owns the contiguous slice "
-                               "x[..., h*d:(h+1)*d], so the pattern is '(h d)', not '(d h)'.")
-        return _say(False, "split puts the wrong numbers in the heads. Hint: "
-                           "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).")
-    failed, back = _call(getattr(merge, "__name__", "merge"), merge, expected)
-    if failed is None:
-        failed = _same_shape("merge", back, x, "(B, L, H·d)")
-    if failed is not None:
-        return failed
-    if not torch.equal(back, x):
-        return _say(False, "merge(split(x)) is not x. Hint: rearrange(x, 'b h l d -> b l (h d)').")
+    for h in dict.fromkeys((num_heads, max(1, num_heads // 2))):
+        expected = rearrange(x, "b l (h d) -> b h l d", h=h)
+        failed, got = _call(getattr(split, "__name__", "split"), split, x.clone(), h)
+        if failed is None:
+            failed = _same_shape(f"split(x, {h})", got, expected, "(B, H, L, d)")
+        if failed is not None:
+            return failed
+        if not torch.equal(got, expected):
+            if torch.equal(got, rearrange(x, "b l (d h) -> b h l d", h=h)):
+                return _say(False, "the heads are interleaved. Hint: head h owns the contiguous slice "
+                                   "x[..., h*d:(h+1)*d], so the pattern is '(h d)', not '(d h)'.")
+            if torch.equal(got, x.reshape(expected.shape)):
+                return _say(False, "a reshape alone to (B, H, L, d) mixes positions and channels. Hint: split "
+                                   "the last axis into (H, d), then move H before L: "
+                                   "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).")
+            return _say(False, "split puts the wrong numbers in the heads. Hint: "
+                               "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).")
+        failed, back = _call(getattr(merge, "__name__", "merge"), merge, expected.clone())
+        if failed is None:
+            failed = _same_shape("merge", back, x, "(B, L, H·d)")
+        if failed is not None:
+            return failed
+        if not torch.equal(back, x):
+            if torch.equal(back, expected.reshape(x.shape)):
+                return _say(False, "merge reshapes (B, H, L, d) straight to (B, L, H·d), which mixes heads and "
+                                   "positions. Hint: move H next to d first: "
+                                   "rearrange(x, 'b h l d -> b l (h d)').")
+            return _say(False, "merge(split(x)) is not x. Hint: rearrange(x, 'b h l d -> b l (h d)').")
     return _say(True, "split and merge are exact inverses, with head h owning channels h·d to (h+1)·d.")
 
 
 # --- chapter 3 -------------------------------------------------------------------------------
+
+def _by_hand(*args, **kwargs):
+    raise _CalledTheModule("compute it from attn.query, attn.key and attn.value yourself; attn(...) "
+                           "is what your function should reproduce.")
+
 
 def check_cross_attention(fn: Callable) -> CheckResult:
     """``fn(queries, image, attn)`` must compute ``attn``'s cross-attention by hand: queries
@@ -289,7 +443,9 @@ def check_cross_attention(fn: Callable) -> CheckResult:
     queries, image = torch.randn(2, 5, 32), torch.randn(2, 9, 24)
     with torch.no_grad():
         expected, _, _ = attn(queries, image)
-        failed, got = _call(name, fn, queries, image, attn)
+        attn.forward = _by_hand  # the exercise is to write what forward does
+        failed, got = _call(name, fn, queries.clone(), image.clone(), attn)
+    del attn.forward
     if failed is not None:
         return failed
     got = _first(got)
@@ -298,13 +454,28 @@ def check_cross_attention(fn: Callable) -> CheckResult:
         return failed
     if not torch.allclose(got, expected, atol=1e-5):
         with torch.no_grad():
-            q = rearrange(attn.query(queries), "b l (h d) -> b h l d", h=4)
-            k = rearrange(attn.key(image), "b n (h d) -> b h n d", h=4)
-            v = rearrange(attn.value(image), "b n (h d) -> b h n d", h=4)
-            wrong_scale = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(32), -1) @ v
-        if torch.allclose(got, rearrange(wrong_scale, "b h l d -> b l (h d)"), atol=1e-5):
-            return _say(False, "scaled by √D instead of √d. Hint: each head scales by its own width, "
-                               "attn.head_dim.")
+            split = "b l (h d) -> b h l d"
+            q = rearrange(attn.query(queries), split, h=4)  # (B, H, Q, d)
+            k = rearrange(attn.key(image), split, h=4)  # (B, H, N, d)
+            v = rearrange(attn.value(image), split, h=4)
+            scores = q @ k.transpose(-2, -1)  # (B, H, Q, N), unscaled
+            one_head = attn.query(queries) @ attn.key(image).transpose(-2, -1)  # (B, Q, N)
+            wrong = [
+                ((scores / math.sqrt(32)).softmax(-1) @ v, "scaled by √D instead of √d. Hint: each head "
+                                                           "scales by its own width, attn.head_dim."),
+                ((scores / math.sqrt(8)).softmax(-2) @ v, "the softmax runs over the queries. Hint: each "
+                                                          "query's weights are a distribution over the "
+                                                          "image tokens: softmax(dim=-1)."),
+                (None, "the heads are missing: one attention over the full width. Hint: split q, k and v "
+                       "into attn.num_heads heads, attend per head, then merge."),
+            ]
+            single = [(one_head / math.sqrt(s)).softmax(-1) @ attn.value(image) for s in (8, 32)]
+        for candidate, message in wrong:
+            if candidate is None:
+                if any(torch.allclose(got, s, atol=1e-5) for s in single):
+                    return _say(False, message)
+            elif torch.allclose(got, rearrange(candidate, "b h l d -> b l (h d)"), atol=1e-5):
+                return _say(False, message)
         return _say(False, "the output differs from the module's. Hint: q from the queries, k and v "
                            "from the image; split heads; softmax over the image tokens; merge heads.")
     return _say(True, "queries read the image: Q rows, N image tokens per head.")
@@ -322,11 +493,19 @@ def check_cross_layers(fn: Callable) -> CheckResult:
             return failed
         if got is None:
             return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
-        if list(got) != expected:
-            hint = ("BLIP-2 starts counting at layer 0: layer_index % frequency == 0"
-                    if list(got) == [i for i in range(layers) if (i + 1) % freq == 0] else
-                    "a layer i holds cross-attention when i % frequency == 0")
-            return _say(False, f"{name}({layers}, {freq}) = {list(got)}; expected {expected}. Hint: {hint}.")
+        try:
+            got = [_plain(i) for i in got]
+        except TypeError:
+            return _say(False, f"{name}({layers}, {freq}) returned the {type(got).__name__} {got!r}; expected "
+                               f"a list of layer indices such as {expected}.")
+        if got != expected:
+            if len(got) == layers and all(isinstance(i, bool) for i in got):
+                hint = "return the indices of the layers that hold it, not one True/False per layer"
+            elif got == [i for i in range(layers) if (i + 1) % freq == 0]:
+                hint = "BLIP-2 starts counting at layer 0: layer_index % frequency == 0"
+            else:
+                hint = "a layer i holds cross-attention when i % frequency == 0"
+            return _say(False, f"{name}({layers}, {freq}) = {got}; expected {expected}. Hint: {hint}.")
     return _say(True, "cross-attention in layers 0, f, 2f, ...: six of BLIP-2's twelve.")
 
 
@@ -340,26 +519,72 @@ def check_add_norm(fn: Callable) -> CheckResult:
     x, residual = torch.randn(2, 3, 16), torch.randn(2, 3, 8)
     with torch.no_grad():
         expected = norm(dense(x) + residual)
-        failed, got = _call(name, fn, x, residual, dense, norm)
-    if failed is None:
-        failed = _same_shape(name, got, expected, "(B, L, D)")
-    if failed is not None:
-        return failed
-    if not torch.allclose(got, expected, atol=1e-5):
-        with torch.no_grad():
-            no_residual = norm(dense(x))
-            pre_ln = residual + norm(dense(x))
-        if torch.allclose(got, no_residual, atol=1e-5):
-            return _say(False, "the residual is missing. Hint: add it before the LayerNorm.")
-        if torch.allclose(got, pre_ln, atol=1e-5):
-            return _say(False, "the LayerNorm is applied before the sum (the pre-LN style of GPT-2). "
-                               "BERT and the Q-Former normalise after it: LayerNorm(dense(x) + residual).")
-        return _say(False, "the result differs from LayerNorm(dense(x) + residual).")
+        failed, got = _call(name, fn, x.clone(), residual.clone(), dense, norm)
+        if failed is None:
+            failed = _same_shape(name, got, expected, "(B, L, D)")
+        if failed is not None:
+            return failed
+        if not torch.allclose(got, expected, atol=1e-5):
+            _, again = _call(name, fn, x.clone(), residual.clone(), dense, norm)
+            if isinstance(again, torch.Tensor) and not torch.equal(again, got):
+                return _say(False, "two calls with the same inputs gave different results: dropout is on. "
+                                   "Hint: the exercise leaves dropout out: LayerNorm(dense(x) + residual).")
+            if torch.allclose(got, norm(dense(x)), atol=1e-5):
+                return _say(False, "the residual is missing. Hint: add it before the LayerNorm.")
+            if torch.allclose(got, residual + norm(dense(x)), atol=1e-5):
+                return _say(False, "the LayerNorm comes before the sum, as in pre-LN transformers such as "
+                                   "GPT-2. BERT and the Q-Former normalise after it: "
+                                   "LayerNorm(dense(x) + residual).")
+            return _say(False, "the result differs from LayerNorm(dense(x) + residual).")
     return _say(True, "post-LN: LayerNorm(dense(x) + residual), as in BERT.")
 
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _query_path_formula(cfg: QFormerConfig, *, biases=True, norms=True, embedding_norm=True, image_width=None,
+                        cross_every_layer=False, cross_one_based=False, text_ffn=False, text_embeddings=False,
+                        query_tokens=False) -> int:
+    """The query-path count, or what a typical mistake counts instead (the keyword flags)."""
+    d, f, c = cfg.hidden_size, cfg.intermediate_size, image_width or cfg.encoder_hidden_size
+
+    def linear(n_in: int, n_out: int) -> int:
+        return n_in * n_out + (n_out if biases else 0)
+
+    norm = 2 * d if norms else 0
+    self_attention = 4 * linear(d, d) + norm
+    cross = 2 * linear(d, d) + 2 * linear(c, d) + norm
+    ffn = linear(d, f) + linear(f, d) + norm
+    n, freq = cfg.num_hidden_layers, cfg.cross_attention_frequency
+    if cross_every_layer:
+        n_cross = n
+    elif cross_one_based:
+        n_cross = sum((i + 1) % freq == 0 for i in range(n))
+    else:
+        n_cross = sum(i % freq == 0 for i in range(n))
+    total = (norm if embedding_norm else 0) + n * (self_attention + ffn) + n_cross * cross
+    total += n * ffn if text_ffn else 0
+    total += (cfg.vocab_size + cfg.max_position_embeddings) * d if text_embeddings else 0
+    total += cfg.num_query_tokens * d if query_tokens else 0
+    return total
+
+
+_QUERY_PATH_MISTAKES = [
+    (dict(query_tokens=True), "leave the query tokens out: they are counted separately."),
+    (dict(text_ffn=True), "the text FFN is not on the query path: the queries go through the query FFN only."),
+    (dict(text_embeddings=True), "the word and position embeddings belong to the text, not to the query path."),
+    (dict(cross_every_layer=True), "only the layers with i % cross_attention_frequency == 0 hold "
+                                   "cross-attention, not every layer."),
+    (dict(cross_one_based=True), "cross-attention sits in layers 0, f, 2f, ...: i % frequency == 0, "
+                                 "counting from 0."),
+    (dict(image_width="hidden"), "cross-attention keys and values read the image: Linear(encoder_hidden_size, "
+                                 "hidden_size), not Linear(hidden_size, hidden_size)."),
+    (dict(biases=False), "every Linear has a bias too: n_in * n_out + n_out."),
+    (dict(norms=False), "every block ends in a LayerNorm with a weight and a bias (2·D each), and the "
+                        "embeddings have one too."),
+    (dict(embedding_norm=False), "add the embedding LayerNorm (2·D) that the queries pass through first."),
+]
 
 
 def check_query_path_params(fn: Callable) -> CheckResult:
@@ -370,6 +595,7 @@ def check_query_path_params(fn: Callable) -> CheckResult:
     name = getattr(fn, "__name__", "your function")
     configs = [QFormerConfig.blip2(), QFormerConfig.tiny(), QFormerConfig.tiny(cross_attention_frequency=3),
                QFormerConfig.tiny(num_hidden_layers=5, encoder_hidden_size=40)]
+    right_for_blip2 = False
     for cfg in configs:
         with torch.device("meta"):
             model = QFormer(QFormerConfig(**{**cfg.to_dict(), "use_qformer_text_input": False}))
@@ -377,20 +603,35 @@ def check_query_path_params(fn: Callable) -> CheckResult:
         failed, got = _call(name, fn, cfg)
         if failed is not None:
             return failed
-        if got != expected:
-            label = "BLIP-2's config" if cfg == configs[0] else (
-                f"a config with {cfg.num_hidden_layers} layers, frequency {cfg.cross_attention_frequency}, "
-                f"hidden {cfg.hidden_size}, image width {cfg.encoder_hidden_size}")
-            if isinstance(got, (int, float)) and got == expected + _count(model.query_tokens):
-                hint = "leave the query tokens out: they are counted separately."
-            elif isinstance(got, (int, float)) and got > expected:
-                hint = ("too many: the text FFN and the text embeddings are not on the query path, and "
-                        "only layers with i % frequency == 0 hold cross-attention.")
-            else:
-                hint = ("remember the biases and the LayerNorms (a weight and a bias each), and that "
-                        "cross-attention keys and values take encoder_hidden_size inputs.")
-            shown = f"{got:,}" if isinstance(got, (int, float)) and not isinstance(got, bool) else repr(got)
-            return _say(False, f"for {label} you count {shown}; expected {expected:,}. Hint: {hint}")
+        got = _plain(got)
+        if got is None:
+            return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
+        if isinstance(got, bool) or not isinstance(got, numbers.Real):
+            return _say(False, f"{name} returned the {type(got).__name__} {got!r}; expected a number.")
+        if got == expected:
+            right_for_blip2 = right_for_blip2 or cfg == configs[0]
+            continue
+        label = "BLIP-2's config" if cfg == configs[0] else (
+            f"a config with {cfg.num_hidden_layers} layers, frequency {cfg.cross_attention_frequency}, "
+            f"hidden {cfg.hidden_size}, image width {cfg.encoder_hidden_size}")
+        hint = None
+        for flags, message in _QUERY_PATH_MISTAKES:
+            if flags.get("image_width") == "hidden":
+                flags = {**flags, "image_width": cfg.hidden_size}
+                if cfg.hidden_size == cfg.encoder_hidden_size:
+                    continue
+            if got == _query_path_formula(cfg, **flags):
+                hint = message
+                break
+        if hint is None and right_for_blip2:
+            hint = ("your count is right for BLIP-2 but not here: read every size from cfg (hidden_size, "
+                    "intermediate_size, encoder_hidden_size, num_hidden_layers, cross_attention_frequency) "
+                    "instead of writing BLIP-2's numbers.")
+        if hint is None:
+            hint = ("remember the biases and the LayerNorms (a weight and a bias each), and that "
+                    "cross-attention keys and values take encoder_hidden_size inputs.")
+        shown = f"{got:,}" if float(got).is_integer() else f"{got:,.1f}"
+        return _say(False, f"for {label} you count {shown}; expected {expected:,}. Hint: {hint}")
     return _say(True, "your formula gives 105,137,664 for BLIP-2 and matches smaller configs too.")
 
 
@@ -398,6 +639,47 @@ def check_query_path_params(fn: Callable) -> CheckResult:
 
 def _block(i: int, j: int, q: int) -> str:
     return f"{'query' if i < q else 'text'} → {'query' if j < q else 'text'}"
+
+
+def _mask_hint(mode: str, q: int, text_mask: torch.Tensor, b: int, i: int, j: int) -> tuple[str, str]:
+    """What is wrong at cell (b, i, j) of a [queries; text] mask: (where, hint)."""
+    padded_column = j >= q and not bool(text_mask[b, j - q])
+    padded_row = i >= q and not bool(text_mask[b, i - q])
+    expected = bool(build_attention_mask(mode, q, text_mask)[b, i, j])
+    where = (f"row {i} ({'query' if i < q else 'text'}) {'should' if expected else 'should not'} see "
+             f"column {j} ({_block(i, j, q)} block{', a padded column' if padded_column else ''})")
+    if padded_column:
+        hint = "padded text columns are hidden from every row, in every mode."
+    elif padded_row:
+        hint = ("a padded row keeps its mode's pattern (its output is computed and never used); only the "
+                "padded columns are closed. A row that sees nothing would give NaN.")
+    elif mode == "itc":
+        hint = "ITC is unimodal: queries see only queries, text sees only text."
+    elif mode == "itm":
+        hint = "ITM is bi-directional: everyone sees every real token."
+    elif i < q and j < q:
+        hint = "in ITG the queries see all the queries, both ways: only the text is causal."
+    elif i < q:
+        hint = "in ITG the queries see only the queries (they must not peek at the caption)."
+    elif j < q:
+        hint = "in ITG every text token sees all the queries."
+    else:
+        hint = "in ITG text token i sees text tokens 0..i (itself and earlier), never later ones."
+    return where, hint
+
+
+def _bool_mask(name: str, got, expected: torch.Tensor, what: str, label: str):
+    """A failure unless ``got`` is a bool tensor of ``expected``'s shape."""
+    if got is None:
+        return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(expected.shape):
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else f"a {type(got).__name__}"
+        return _say(False, f"{label} the mask has shape {shape}; expected {tuple(expected.shape)} = {what}.")
+    if got.dtype != torch.bool:
+        return _say(False, f"{label} the mask has dtype {got.dtype}; expected torch.bool (True = may attend). "
+                           f"Hint: build it from torch.bool blocks or comparisons (LAVIS's additive 0 / -10000 "
+                           f"form is another mask, not this one).")
+    return None
 
 
 def check_mask(fn: Callable) -> CheckResult:
@@ -409,54 +691,42 @@ def check_mask(fn: Callable) -> CheckResult:
         for q in (3, 1):
             for text_mask in text_masks:
                 expected = build_attention_mask(mode, q, text_mask)
-                failed, got = _call(name, fn, mode, q, text_mask)
+                failed, got = _call(name, fn, mode, q, text_mask.clone())
                 if failed is not None:
                     return failed
-                if got is None:
-                    return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
-                if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(expected.shape):
-                    shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-                    return _say(False, f"for mode {mode!r}, Q={q}, text mask of shape {tuple(text_mask.shape)} "
-                                       f"the mask has shape {shape}; expected {tuple(expected.shape)} = (B, Q+T, Q+T).")
-                got = got.bool()
+                label = f"for mode {mode!r}, Q={q}, text mask of shape {tuple(text_mask.shape)}"
+                failed = _bool_mask(name, got, expected, "(B, Q+T, Q+T)", label)
+                if failed is not None:
+                    return failed
                 if torch.equal(got, expected):
                     continue
+                real = torch.cat([torch.ones(text_mask.shape[0], q, dtype=torch.bool), text_mask.bool()], 1)
+                pattern = build_attention_mask(mode, q, torch.ones_like(text_mask))
+                if torch.equal(got, ~expected) or torch.equal(got, ~pattern & real[:, None, :]):
+                    return _say(False, f"mode {mode!r}: the mask is inverted. True means 'may attend': the "
+                                       f"cells a row may see are True, the hidden ones False.")
                 b, i, j = (int(t) for t in (got != expected).nonzero()[0])
-                padded = j >= q and not bool(text_mask[b, j - q])
-                should = "should" if bool(expected[b, i, j]) else "should not"
-                where = f"row {i} ({'query' if i < q else 'text'}) {should} see column {j}"
-                if padded:
-                    hint = "padded text columns are hidden from every row, in every mode."
-                elif mode == "itc":
-                    hint = "ITC is unimodal: queries see only queries, text sees only text."
-                elif mode == "itm":
-                    hint = "ITM is bi-directional: everyone sees every real token."
-                elif i < q:
-                    hint = "in ITG the queries see only the queries (they must not peek at the caption)."
-                elif j < q:
-                    hint = "in ITG every text token sees all the queries."
-                else:
-                    hint = "in ITG text token i sees text tokens 0..i (itself and earlier), never later ones."
-                return _say(False, f"mode {mode!r}, Q={q}: {where} ({_block(i, j, q)} block"
-                                   f"{', a padded column' if padded else ''}). Hint: {hint}")
+                where, hint = _mask_hint(mode, q, text_mask, b, i, j)
+                return _say(False, f"mode {mode!r}, Q={q}: {where}. Hint: {hint}")
     return _say(True, "ITC, ITM and ITG masks, with padding, equal qformer_lite.build_attention_mask.")
 
 
 def check_cached_itg_mask(fn: Callable) -> CheckResult:
-    """``fn(num_queries, text_mask)`` must return the (B, T, Q+T) mask of LAVIS's cached ITG pass:
-    only the text rows, with the cached queries as the first Q columns."""
+    """``fn(num_queries, text_mask)`` must return the bool (B, T, Q+T) mask of LAVIS's cached ITG
+    pass: only the text rows, with the cached queries as the first Q columns."""
     name = getattr(fn, "__name__", "your function")
     for q, text_mask in ((3, torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])), (2, torch.ones(1, 5, dtype=torch.long))):
         expected = build_attention_mask("itg", q, text_mask)[:, q:]
-        failed, got = _call(name, fn, q, text_mask)
+        failed, got = _call(name, fn, q, text_mask.clone())
         if failed is not None:
             return failed
-        failed = _same_shape(name, got, expected, "(B, T, Q+T): text rows only")
+        failed = _bool_mask(name, got, expected, "(B, T, Q+T): text rows only", f"for Q={q},")
         if failed is not None:
             return failed
-        if not torch.equal(got.bool(), expected):
-            return _say(False, "the values differ. Hint: take the text rows of the joint ITG mask: "
-                               "every text row sees all Q cached queries, then text causally, no padding.")
+        if not torch.equal(got, expected):
+            b, i, j = (int(t) for t in (got != expected).nonzero()[0])
+            where, hint = _mask_hint("itg", q, text_mask, b, i + q, j)
+            return _say(False, f"text row {i}: {where.split(') ', 1)[1]}. Hint: {hint}")
     return _say(True, "T rows × (Q + T) columns: the text reads the cached queries and earlier text.")
 
 
