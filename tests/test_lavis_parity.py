@@ -73,10 +73,12 @@ def reference() -> dict:
     return torch.load(REFERENCE, weights_only=True)
 
 
+def lite_config() -> QFormerConfig:
+    return QFormerConfig(**{k: v for k, v in reference()["config"].items() if k != "dec_token_id"})
+
+
 def build_lite() -> QFormerPretraining:
-    cfg = dict(reference()["config"])
-    cfg.pop("dec_token_id")
-    model = QFormerPretraining(QFormerConfig(**cfg))
+    model = QFormerPretraining(lite_config())
     lavis = reference()["state_dict"]
     model.load_state_dict({lite_name(k): v for k, v in lavis.items() if k not in TIED and k not in BUFFERS})
     return model.train()  # dropout is 0: train and eval compute the same
@@ -153,7 +155,7 @@ def grad_gap(case: str, gather_with_grad: bool = False) -> tuple[float, str, flo
 
 def test_key_map_places_every_lavis_weight():
     lavis = reference()["state_dict"]
-    own = QFormerPretraining(QFormerConfig(**{k: v for k, v in reference()["config"].items() if k != "dec_token_id"}))
+    own = QFormerPretraining(lite_config())
     mapped = [lite_name(k) for k in lavis if k not in TIED and k not in BUFFERS]
     assert sorted(mapped) == sorted(own.state_dict()), "the key map must fill each qformer_lite weight once"
     for tied, original in TIED.items():
@@ -166,7 +168,9 @@ def test_query_output_matches(fast):
     model = build_lite()
     model.qformer.use_fast_cross_attention(fast)
     ours = model.qformer(reference()["inputs"]["image_embeds"]).query_output  # (B, Q, D)
-    assert max_diff(ours, reference()["query_output"]) <= TOL
+    gap = max_diff(ours, reference()["query_output"])
+    print(f"\n  query outputs: max |diff| {gap:.2e}")
+    assert gap <= TOL
 
 
 @pytest.mark.parametrize("lite_key, lavis_key", [

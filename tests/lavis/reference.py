@@ -59,7 +59,7 @@ class FixedTokenizer:
 
 def random_texts(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.randint(4, TEXT_LEN + 1, (BATCH,), generator=generator)  # [CLS] + words + [SEP]
-    lengths[0] = TEXT_LEN  # one text fills the length, so no column is padding everywhere
+    lengths[0] = TEXT_LEN  # one text fills max_txt_len: every text position is used
     ids = torch.randint(SEP + 1, WORDS, (BATCH, TEXT_LEN), generator=generator)  # (B, T)
     mask = (torch.arange(TEXT_LEN) < lengths[:, None]).long()  # (B, T)
     ids[:, 0] = CLS
