@@ -239,6 +239,27 @@ def patch_grid(image, patch_size: int = 14, title: str | None = None, number_eve
     return fig
 
 
+def _outline(image: np.ndarray, share: float = 0.08, threshold: float = 0.04) -> np.ndarray:
+    """Where the image's colour changes sharply: a boolean (H, W) map of region borders.
+
+    A pixel is on a border when its colour step to the next pixel is among the largest
+    ``share`` of the image's steps and above ``threshold`` (so that smooth gradients draw
+    nothing). A 3 × 3 box blur first, so that a photograph's fine texture draws fewer lines.
+    """
+    img = image.astype(float)
+    if img.max() > 1.0:
+        img = img / 255.0
+    if img.ndim == 2:
+        img = img[..., None]
+    padded = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = img.shape[:2]
+    blurred = sum(padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)) / 9
+    step = np.zeros((h, w))
+    step[:, 1:] = np.abs(np.diff(blurred, axis=1)).max(-1)
+    step[1:, :] = np.maximum(step[1:, :], np.abs(np.diff(blurred, axis=0)).max(-1))
+    return step > max(threshold, float(np.quantile(step, 1 - share)))
+
+
 def patch_attention(
     image,
     attention,
@@ -250,55 +271,100 @@ def patch_attention(
     swatches: Sequence[Sequence[Sequence[float]]] | None = None,
     swatch_labels: Sequence[str] | None = None,
     colorbar: bool = True,
+    *,
+    scale: str = "panel",
+    width: float = 7.8,
+    outline: bool = True,
+    fontsize: float = 9,
 ):
-    """Each row of ``attention`` (M, N) drawn over the image's patch grid.
+    """Each row of ``attention`` (M, N) drawn as a heat map on the image's patch grid.
 
-    With ``has_cls``, column 0 is the [CLS] token: it has no place on the grid, so its
-    weight is written in the panel's title instead. ``swatches[i]``: RGB colours (in [0, 1])
-    drawn as small squares in panel i's corner, e.g. the colour a query asks for and the
-    colour it reads; ``swatch_labels`` names them, left to right. Each panel has its own
-    colour scale, from 0 to its largest patch weight, shown by its colour bar.
+    The heat map is opaque, so every cell has exactly the colour the colour bar gives its
+    weight; the image is drawn over it as thin white outlines of its regions (``outline``).
+    With ``has_cls``, column 0 is the [CLS] token: it has no place on the grid, so its weight
+    is written in the panel's title instead.
+
+    ``scale="panel"`` colours each panel from 0 to its own largest patch weight (which the
+    title then gives, if there is a colour bar), so that spread-out and peaked maps are both
+    visible; ``scale="shared"`` uses one scale, 0 to the largest weight of all panels, so that
+    panels compare. ``colorbar`` draws one colour bar for the whole figure: the weight itself
+    with a shared scale, the fraction of each panel's largest with per-panel scales.
+
+    The figure is ``width`` inches wide (7.8 in: the book's 800-px column at matplotlib's
+    100 dpi, with the saved margin) whatever
+    ``cols`` is; text is ``fontsize`` points. ``swatches[i]``: RGB colours (in [0, 1]) drawn
+    as small squares in panel i's corner, e.g. the colour a query asks for and the colour it
+    reads; ``swatch_labels`` names them, top to bottom.
     """
+    if scale not in ("panel", "shared"):
+        raise ValueError(f"scale must be 'panel' or 'shared', got {scale!r}")
     img = _to_numpy(image)
-    a = _to_numpy(attention)
+    a = _to_numpy(attention).astype(float)
     if a.ndim == 1:
         a = a[None]
     grid = img.shape[0] // patch_size
+    expected = grid * grid + int(has_cls)
+    if a.ndim != 2 or a.shape[1] != expected:
+        raise ValueError(f"attention must be (M, {expected}) for a {img.shape[0]}-px image in {patch_size}-px "
+                         f"patches{' plus [CLS]' if has_cls else ''}; got shape {a.shape}")
     m = a.shape[0]
     cols = min(cols, m)
     rows = math.ceil(m / cols)
-    width = 3.6 if colorbar else 3.1  # per panel; the colour bar needs room
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 3.3 * rows), squeeze=False)
+    cls_weights = a[:, 0] if has_cls else None
+    heats = (a[:, 1:] if has_cls else a).reshape(m, grid, grid)
+    tops = np.maximum(heats.reshape(m, -1).max(axis=1), 1e-12)  # each panel's largest patch weight
+    if scale == "shared":
+        shown, vmax = heats, float(tops.max())
+    else:
+        shown, vmax = heats / tops[:, None, None], 1.0
+    bar_room = 0.75 if colorbar else 0.0
+    panel = (width - bar_room) / cols
+    extras = int(has_cls) + int(colorbar and scale == "panel")  # [CLS] weight, panel's max
+    joiner = " · " if panel >= 1.5 else "\n"  # narrow panels: one figure per line
+    title_lines = 1 + (min(extras, 1) if joiner == " · " else extras)
+    title_height = title_lines * fontsize * 1.35 / 72
+    height = rows * (panel + title_height + 0.08) + (2 * fontsize / 72 + 0.1 if suptitle else 0)
+    fig = plt.figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    extent = (-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5)
+    edges = _outline(img) if outline else None
+    mappable = None
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= m:
             continue
-        cls_weight = float(a[i, 0]) if has_cls else None
-        patches = a[i, 1:] if has_cls else a[i]
-        heat = patches.reshape(grid, grid)
-        ax.imshow(img)
-        shown = ax.imshow(heat, cmap="inferno", alpha=0.6,
-                          extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
-                          interpolation="nearest", vmin=0.0, vmax=max(float(heat.max()), 1e-12))
-        if colorbar:
-            bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
-            bar.set_label("attention weight", fontsize=8)
-            bar.ax.tick_params(labelsize=7)
+        mappable = ax.imshow(shown[i], cmap="inferno", vmin=0.0, vmax=vmax, extent=extent,
+                             interpolation="nearest")
+        if edges is not None:
+            lines = np.zeros(edges.shape + (4,))
+            lines[edges] = (1.0, 1.0, 1.0, 0.85)
+            ax.imshow(lines, extent=extent, interpolation="nearest")
         if swatches is not None:
             for k, rgb in enumerate(swatches[i]):
-                ax.add_patch(Rectangle((0.03 + 0.14 * k, 0.82), 0.12, 0.12, transform=ax.transAxes,
+                y = 0.84 - 0.17 * k
+                ax.add_patch(Rectangle((0.04, y), 0.13, 0.13, transform=ax.transAxes,
                                        facecolor=np.clip(np.asarray(rgb, dtype=float), 0, 1),
-                                       edgecolor="white", lw=1.5))
+                                       edgecolor="white", lw=1.2))
                 if swatch_labels is not None and k < len(swatch_labels):
-                    ax.text(0.09 + 0.14 * k, 0.80, swatch_labels[k], transform=ax.transAxes, ha="center",
-                            va="top", fontsize=7, color="white")
+                    ax.text(0.2, y + 0.065, swatch_labels[k], transform=ax.transAxes, ha="left",
+                            va="center", fontsize=fontsize, color="white",
+                            bbox=dict(facecolor="black", alpha=0.55, pad=1.0, lw=0))
         title = titles[i] if titles is not None else f"query {i}"
-        if cls_weight is not None:
-            title += f"\n[CLS] weight {cls_weight:.2f}"
-        ax.set_title(title, fontsize=9)
+        second = []
+        if cls_weights is not None:
+            second.append(f"[CLS] {cls_weights[i]:.2f}")
+        if colorbar and scale == "panel":
+            second.append(f"max {tops[i]:.2g}")
+        if second:
+            title += "\n" + joiner.join(second)
+        ax.set_title(title, fontsize=fontsize)
+    if colorbar and mappable is not None:
+        bar = fig.colorbar(mappable, ax=axes, fraction=0.6 / width, pad=0.01, aspect=max(10, 12 * rows))
+        label = "attention weight" if scale == "shared" else "weight ÷ the panel's max"
+        bar.set_label(label, fontsize=fontsize)
+        bar.ax.tick_params(labelsize=fontsize)
     if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
+        fig.suptitle(suptitle, fontsize=fontsize + 2)
     return fig
 
 

@@ -64,23 +64,97 @@ def test_synthetic_image_is_a_deterministic_rgb_scene():
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 8  # several regions, not a flat colour
 
 
-def test_patch_grid_and_patch_attention():
-    img = plotting.synthetic_image()
-    fig = plotting.patch_grid(img)
+def test_patch_grid():
+    fig = plotting.patch_grid(plotting.synthetic_image())
     assert "16×16 = 256 patches" in fig.axes[0].get_title()
+
+
+def panels(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.get_title()]
+
+
+def colour_bars(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax not in panels(fig) and ax.get_ylabel()]
+
+
+def test_patch_attention_titles_and_one_colour_bar():
+    img = plotting.synthetic_image()
     attention = torch.rand(3, 257).softmax(-1)
     fig = plotting.patch_attention(img, attention, titles=["a", "b", "c"], cols=2)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert len(titles) == 3 and all("[CLS] weight" in t for t in titles)
-    bars = [ax for ax in fig.axes if ax.get_ylabel() == "attention weight"]
-    assert len(bars) == 3  # one colour bar per panel: each has its own scale
+    titles = [ax.get_title() for ax in panels(fig)]
+    assert len(titles) == 3 and all("[CLS] " in t and "max " in t for t in titles)
+    bars = colour_bars(fig)
+    assert len(bars) == 1 and bars[0].get_ylabel() == "weight ÷ the panel's max"
+    fig = plotting.patch_attention(img, attention, scale="shared")
+    assert [ax.get_ylabel() for ax in colour_bars(fig)] == ["attention weight"]
+    assert all("max" not in ax.get_title() for ax in panels(fig))  # one scale: the bar gives it
     fig = plotting.patch_attention(img, torch.rand(256), has_cls=False, swatches=[[(1, 0, 0), (0.5, 0.2, 0.1)]],
                                    swatch_labels=["asked", "read"])
-    assert fig.axes[0].get_title() == "query 0"
+    assert fig.axes[0].get_title().startswith("query 0")
     assert len(fig.axes[0].patches) == 2
     assert [t.get_text() for t in fig.axes[0].texts] == ["asked", "read"]
     fig = plotting.patch_attention(img, torch.rand(2, 257), colorbar=False)
-    assert len(fig.axes) == 2
+    assert len(fig.axes) == 2 and all("max" not in ax.get_title() for ax in fig.axes)
+
+
+@pytest.mark.parametrize("m, cols, colorbar", [(4, 4, True), (4, 2, True), (32, 8, False), (32, 8, True), (1, 4, True)])
+def test_patch_attention_fits_the_page_with_readable_titles(m, cols, colorbar):
+    fig = plotting.patch_attention(plotting.synthetic_image(), torch.rand(m, 257).softmax(-1), cols=cols,
+                                   colorbar=colorbar, suptitle="where the queries look")
+    width, height = fig.get_size_inches()
+    assert width <= 8.0 and height <= 10.0
+    texts_ = [ax.title for ax in fig.axes] + [t for ax in fig.axes for t in ax.texts] + [fig._suptitle]
+    assert all(t.get_fontsize() >= 9 for t in texts_ if t.get_text()), [t.get_fontsize() for t in texts_]
+    # nothing leaves the figure (the saved PNG would grow past the page)
+    fig.canvas.draw()
+    inside = fig.get_tightbbox(fig.canvas.get_renderer())
+    assert inside.width <= width + 0.05 and inside.height <= height + 0.05
+
+
+def pixel(fig: Figure, ax, x: float, y: float) -> np.ndarray:
+    """The RGB colour drawn at data point (x, y) of ``ax``."""
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    px, py = ax.transData.transform((x, y))
+    return rgba[int(rgba.shape[0] - py), int(px), :3] / 255.0
+
+
+@pytest.mark.parametrize("scale", ["panel", "shared"])
+def test_patch_attention_draws_the_colours_its_colour_bar_gives(scale):
+    # a flat grey image has no outlines: every pixel is heat
+    image = np.full((56, 56, 3), 128, dtype=np.uint8)
+    torch.manual_seed(0)
+    attention = torch.rand(2, 17).softmax(-1)
+    fig = plotting.patch_attention(image, attention, patch_size=14, cols=2, scale=scale)
+    bar = colour_bars(fig)[0]
+    heat = panels(fig)[0].images[0]
+    assert heat.get_alpha() in (None, 1.0)
+    cmap, norm = heat.get_cmap(), heat.norm
+    weights = attention[:, 1:].reshape(2, 4, 4).numpy()
+    top = weights.max() if scale == "shared" else weights[0].max()
+    assert norm.vmax == pytest.approx(top if scale == "shared" else 1.0)
+    for row, col in [(0, 0), (1, 2), (3, 3)]:
+        w = weights[0, row, col]
+        value = w if scale == "shared" else w / top
+        expected = np.asarray(cmap(norm(value)))[:3]
+        got = pixel(fig, panels(fig)[0], col * 14 + 7, row * 14 + 7)
+        assert np.abs(got - expected).max() < 2 / 255, (got, expected)
+        # the colour bar shows that colour at that value
+        assert bar.get_ylim() == pytest.approx((0.0, norm.vmax))
+        inside = min(value, 0.97 * norm.vmax)  # the bar's top edge is its frame
+        got = pixel(fig, bar, 0.5, inside)
+        assert np.abs(got - np.asarray(cmap(norm(inside)))[:3]).max() < 6 / 255, (got, inside)
+
+
+def test_patch_attention_outlines_the_scene_and_rejects_bad_input():
+    img = plotting.synthetic_image()
+    edges = plotting._outline(img)
+    assert edges.shape == img.shape[:2] and 0.005 < edges.mean() < 0.08
+    assert not plotting._outline(np.full((56, 56, 3), 200, dtype=np.uint8)).any()
+    with pytest.raises(ValueError, match=r"\(M, 257\).*got shape \(2, 256\)"):
+        plotting.patch_attention(img, torch.rand(2, 256))
+    with pytest.raises(ValueError, match="scale must be 'panel' or 'shared', got 'global'"):
+        plotting.patch_attention(img, torch.rand(2, 257), scale="global")
 
 
 def test_stack_diagram_draws_six_cross_attention_boxes_for_blip2():
