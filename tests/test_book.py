@@ -289,6 +289,27 @@ def test_glossary_pairs_english_with_japanese():
     assert "Querying Transformer" in entries["Q-Former"]  # kept in English, not in katakana
 
 
+LAVIS_PINS = ("506965b9c4a18c1e565bd32acaccabe0198433f7", "baad2d7c8df599d8d9b081ba2e946626eaa2dc34")  # main, v1.0.2
+
+
+def test_source_links_are_pinned():
+    # A link to a branch drifts as the code moves; the pages quote line numbers and settings.
+    texts = {p.name: p.read_text() for p in PAGES}
+    texts.update({p.name: "".join(source(c) for c in load(p)["cells"] if c["cell_type"] == "markdown")
+                  for p in NOTEBOOKS})
+    for name, text in texts.items():
+        for ref in re.findall(r"https://github\.com/salesforce/LAVIS/(?:blob|tree)/([^/)\s]+)", text):
+            assert ref in LAVIS_PINS, f"{name}: LAVIS link not pinned ({ref})"
+        for ref in re.findall(r"https://github\.com/huggingface/transformers/(?:blob|tree)/([^/)\s]+)", text):
+            assert re.fullmatch(r"v\d+\.\d+\.\d+", ref), f"{name}: transformers link not pinned ({ref})"
+
+
+def test_recipe_page_follows_the_miniature_chapters():
+    part = next(p for p in TOC["parts"] if "Part II" in p["caption"])
+    files = [c["file"] for c in part["chapters"]]
+    assert files.index("book/recipe") == files.index("notebooks/07_t5_projection") + 1
+
+
 def test_references_hold_the_papers_the_book_rests_on():
     required = {"li2023blip2", "dai2023instructblip", "li2022blip", "devlin2019bert", "dosovitskiy2021vit",
                 "raffel2020t5", "chung2022flant5", "alayrac2022flamingo", "liu2023llava", "vaswani2017attention"}
