@@ -27,7 +27,7 @@ from .masks import MODES, build_attention_mask
 
 PASS = "✓ Correct"
 FAIL = "✗ Not yet"
-WIDTH = 78  # printed lines wrap here, so that they fit a notebook or a book page
+WIDTH = 70  # printed lines wrap here: a solution's dropdown in the book shows about 70 columns
 
 # Numeric and short answers: key -> (expected, hint when wrong).
 ANSWERS: dict[str, tuple[Any, str]] = {
