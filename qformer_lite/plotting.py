@@ -21,6 +21,8 @@ IMAGE_COLOR = "#2ca02c"
 PAD_COLOR = "#9e9e9e"
 SEEN_COLOR = "#2b5d8a"
 HIDDEN_COLOR = "#f2f2f2"
+# inches: the book's content column is about 800 px, and matplotlib draws 100 px per inch
+PAGE_WIDTH = 7.8
 
 __all__ = [
     "token_budget",
@@ -64,7 +66,7 @@ def token_budget(
 
     Left: one image at several resolutions. Right: several images (or video frames) at 224 px.
     """
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.4))
     labels = [f"{s} px" for s in image_sizes]
     patches = [vit_tokens(s, patch_size) for s in image_sizes]
     x = np.arange(len(image_sizes))
@@ -75,6 +77,7 @@ def token_budget(
         n = int(bar.get_height())
         left.text(bar.get_x() + bar.get_width() / 2, n, f"{n}", ha="center", va="bottom", fontsize=9)
     left.set_xticks(x, labels)
+    left.set_ylim(0, max(patches) * 1.35)  # room for the legend above the bars
     left.set_ylabel("tokens per image")
     left.set_title(f"One image (ViT patch {patch_size})")
     left.legend(frameon=False, loc="upper left")
@@ -273,7 +276,7 @@ def patch_attention(
     colorbar: bool = True,
     *,
     scale: str = "panel",
-    width: float = 7.8,
+    width: float = PAGE_WIDTH,
     outline: bool = True,
     fontsize: float = 9,
 ):
@@ -374,7 +377,7 @@ def stack_diagram(config, title: str | None = None):
     """The layers of a Q-Former: self-attention in every layer, cross-attention every
     ``cross_attention_frequency``-th layer (queries only), and the two feed-forward networks."""
     n = config.num_hidden_layers
-    fig, ax = plt.subplots(figsize=(min(1.0 * n + 2.6, 14), 3.6))
+    fig, ax = plt.subplots(figsize=(min(0.45 * n + 2.4, PAGE_WIDTH), 3.0))
     boxes = [
         ("self-attention\n(queries + text)", "#d9d2e9", lambda i: True),
         ("cross-attention\n(queries only)", IMAGE_COLOR, config.has_cross_attention),
@@ -419,7 +422,7 @@ def parameter_bars(rows: Sequence[tuple[str, int]], groups: Mapping[str, Sequenc
     """
     counts = dict(rows)
     colour = {name: _part_colour(name, i) for i, (name, _) in enumerate(rows)}
-    fig, ax = plt.subplots(figsize=(8, 0.9 * len(groups) + 1.6))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 0.9 * len(groups) + 1.6))
     labels = list(groups)
     used = set()
     for y, label in enumerate(labels):
@@ -499,7 +502,7 @@ def mask_modes(masks: Mapping[str, object], num_queries: int, text_mask=None, ti
     """Several masks side by side (e.g. ITC, ITM, ITG) with a shared legend."""
     n = len(masks)
     length = _to_numpy(next(iter(masks.values()))).shape[-1]
-    side = 0.22 * length + 1.3  # small cells, large labels: the figure is shown at page width
+    side = min(0.22 * length + 1.3, PAGE_WIDTH / n)  # small cells, large labels, one page wide
     fig, axes = plt.subplots(1, n, figsize=(side * n, side + 0.9), squeeze=False)
     for ax, (name, m) in zip(axes.flat, masks.items()):
         mask_grid(m, num_queries, text_mask, ax=ax, title=(titles or {}).get(name, name), fontsize=9)
@@ -546,7 +549,7 @@ def change_map(changes: Mapping[str, object], num_queries: int, changed_position
     index (in [queries; text]) of the token that was changed.
     """
     n = len(changes)
-    fig, axes = plt.subplots(n, 1, figsize=(9, 1.7 * n + 0.6), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(PAGE_WIDTH, 1.6 * n + 0.6), sharex=True, squeeze=False)
     for ax, (name, delta) in zip(axes.flat, changes.items()):
         d = _to_numpy(delta)
         length = d.shape[0]

@@ -193,6 +193,21 @@ def test_mask_modes_and_change_map():
     assert len(fig.axes) == 2
 
 
+def test_the_figures_of_chapters_1_to_5_are_at_most_a_page_wide():
+    text_mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    masks = {m: build_attention_mask(m, 4, text_mask)[0] for m in ("itc", "itm", "itg")}
+    figures = [
+        plotting.token_budget(),
+        plotting.stack_diagram(QFormerConfig.blip2()),
+        plotting.mask_modes(masks, 4, text_mask[0]),
+        plotting.change_map({"ITM": torch.rand(15), "ITG": torch.rand(15)}, num_queries=8, changed_position=11),
+        plotting.parameter_bars([("a", 2_000_000), ("b", 3_000_000)], {"a": ["a"], "both": ["a", "b"]}),
+        plotting.attention_heatmaps(torch.rand(4, 8, 8).softmax(-1), cols=2),
+    ]
+    for fig in figures:
+        assert fig.get_size_inches()[0] <= plotting.PAGE_WIDTH + 1e-9, fig.get_size_inches()
+
+
 def test_mask_explorer_builds_a_widget():
     widgets = pytest.importorskip("ipywidgets")
     explorer = plotting.mask_explorer()
