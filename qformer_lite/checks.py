@@ -165,6 +165,12 @@ def _same_shape(name: str, got, expected: torch.Tensor, what: str):
     return None
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that a hint stays one short message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _plain(value: Any) -> Any:
     """A one-element tensor or numpy scalar as the Python number or bool it holds."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -189,17 +195,17 @@ def check_answer(key: str, value: Any, answers: dict[str, tuple[Any, str]] | Non
     value = _plain(value)
     if isinstance(expected, bool):
         if not isinstance(value, bool):
-            return _say(False, f"{key} expects True or False; got the {type(value).__name__} {value!r}. "
+            return _say(False, f"{key} expects True or False; got the {type(value).__name__} {_short(value)}. "
                                f"Hint: write the answer as True or False, not as 0 or 1.")
         ok = value == expected
     elif isinstance(expected, str):
         if not isinstance(value, str):
             return _say(False, f"{key} expects a word in quotes, such as one of the names in the "
-                               f"question; got the {type(value).__name__} {value!r}.")
+                               f"question; got the {type(value).__name__} {_short(value)}.")
         ok = value.strip().lower() == expected
     else:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return _say(False, f"{key} expects a number; got the {type(value).__name__} {value!r}.")
+            return _say(False, f"{key} expects a number; got the {type(value).__name__} {_short(value)}.")
         if math.isnan(value):
             return _say(False, f"{key} is NaN. Hint: {hint}")
         ok = value == expected
@@ -209,7 +215,7 @@ def check_answer(key: str, value: Any, answers: dict[str, tuple[Any, str]] | Non
         direction = "too high" if value > expected else "too low"
         shown = f"{value:,}" if float(value).is_integer() else f"{value:,.4g}"
         return _say(False, f"{shown} is {direction} for {key}. Hint: {hint}")
-    return _say(False, f"{value!r} is not the answer for {key}. Hint: {hint}")
+    return _say(False, f"{_short(value)} is not the answer for {key}. Hint: {hint}")
 
 
 # --- chapter 1 -------------------------------------------------------------------------------
@@ -299,7 +305,7 @@ def check_equivariance_test(fn: Callable) -> CheckResult:
                                f"True or False. Hint: torch.allclose(f(x[:, perm]), f(x)[:, perm]) compares "
                                f"all entries at once.")
         if not isinstance(got, bool):
-            return _say(False, f"{name} returns {got!r}; it should return True or False.")
+            return _say(False, f"{name} returns {_short(got)}; it should return True or False.")
         if got != expected:
             return _say(False, f"for {label} your test says {got!r}; it should say {expected}. "
                                f"Hint: compare f(x[:, perm]) with f(x)[:, perm] using torch.allclose.")
@@ -449,6 +455,9 @@ def check_cross_attention(fn: Callable) -> CheckResult:
     if failed is not None:
         return failed
     got = _first(got)
+    if isinstance(got, torch.Tensor) and tuple(got.shape) == (2, 4, 5, 8):
+        return _say(False, f"{name} returned shape (2, 4, 5, 8) = (B, H, Q, d): the heads are not merged. "
+                           f"Hint: rearrange(out, 'b h q d -> b q (h d)').")
     failed = _same_shape(name, got, expected, "(B, Q, D)")
     if failed is not None:
         return failed
@@ -476,6 +485,10 @@ def check_cross_attention(fn: Callable) -> CheckResult:
                     return _say(False, message)
             elif torch.allclose(got, rearrange(candidate, "b h l d -> b l (h d)"), atol=1e-5):
                 return _say(False, message)
+        right = (scores / math.sqrt(8)).softmax(-1) @ v  # (B, H, Q, d)
+        if torch.allclose(got, rearrange(right, "b h l d -> b l (d h)"), atol=1e-5):
+            return _say(False, "the heads are merged interleaved. Hint: head h owns channels h·d to (h+1)·d: "
+                               "rearrange(out, 'b h q d -> b q (h d)'), not '(d h)'.")
         return _say(False, "the output differs from the module's. Hint: q from the queries, k and v "
                            "from the image; split heads; softmax over the image tokens; merge heads.")
     return _say(True, "queries read the image: Q rows, N image tokens per head.")
@@ -496,7 +509,7 @@ def check_cross_layers(fn: Callable) -> CheckResult:
         try:
             got = [_plain(i) for i in got]
         except TypeError:
-            return _say(False, f"{name}({layers}, {freq}) returned the {type(got).__name__} {got!r}; expected "
+            return _say(False, f"{name}({layers}, {freq}) returned the {type(got).__name__} {_short(got)}; expected "
                                f"a list of layer indices such as {expected}.")
         if got != expected:
             if len(got) == layers and all(isinstance(i, bool) for i in got):
@@ -607,7 +620,7 @@ def check_query_path_params(fn: Callable) -> CheckResult:
         if got is None:
             return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
         if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            return _say(False, f"{name} returned the {type(got).__name__} {got!r}; expected a number.")
+            return _say(False, f"{name} returned the {type(got).__name__} {_short(got)}; expected a number.")
         if got == expected:
             right_for_blip2 = right_for_blip2 or cfg == configs[0]
             continue

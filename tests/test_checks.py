@@ -272,6 +272,8 @@ def test_check_equivariance_test(capsys):
     fails_with(capsys, checks.check_equivariance_test, always, words="position embeddings")
     fails_with(capsys, checks.check_equivariance_test, elementwise, words=["a tensor of shape (2, 6, 8)",
                                                                           "one True or False"])
+    fails_with(capsys, checks.check_equivariance_test, lambda f, x, p: (f(x[:, p]) == f(x)[:, p]).numpy(),
+               words="returns array(")
     fails_with(capsys, checks.check_equivariance_test, output_not_permuted,
                words=["without positions your test says False", "f(x)[:, perm]"])
 
@@ -447,6 +449,16 @@ def no_heads(queries, image, attn):
     return (q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)).softmax(-1) @ v
 
 
+def heads_not_merged(queries, image, attn):
+    h = attn.num_heads
+    q, k, v = heads(attn.query(queries), h), heads(attn.key(image), h), heads(attn.value(image), h)
+    return (q @ k.transpose(-2, -1) / math.sqrt(attn.head_dim)).softmax(-1) @ v
+
+
+def merged_interleaved(queries, image, attn):
+    return rearrange(heads_not_merged(queries, image, attn), "b h l d -> b l (d h)")
+
+
 def calls_the_module(queries, image, attn):
     return attn(queries, image)[0]
 
@@ -457,6 +469,8 @@ def test_check_cross_attention(capsys):
     fails_with(capsys, checks.check_cross_attention, full_width_scale, words="√D")
     fails_with(capsys, checks.check_cross_attention, softmax_over_queries, words="softmax runs over the queries")
     fails_with(capsys, checks.check_cross_attention, no_heads, words="heads are missing")
+    fails_with(capsys, checks.check_cross_attention, heads_not_merged, words=["(B, H, Q, d)", "not merged"])
+    fails_with(capsys, checks.check_cross_attention, merged_interleaved, words="merged interleaved")
     fails_with(capsys, checks.check_cross_attention, calls_the_module,
                words=["calls the module itself", "attn.query, attn.key and attn.value"])
     fails_with(capsys, checks.check_cross_attention, lambda q, i, a: a.key(i), words="(B, Q, D)")
