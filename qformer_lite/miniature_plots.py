@@ -11,7 +11,6 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .data import GRID
 
 LOSS_COLOURS = {"loss": "#333333", "itc": "#1f77b4", "itm": "#2ca02c", "itg": "#ff7f0e"}
 RIGHT, WRONG = "#1a7f37", "#cf222e"
@@ -105,29 +104,6 @@ def plot_hard_negatives(images, captions: Sequence[str], sim, neg_image, rows: i
         for ax in axes[r]:
             ax.axis("off")
     fig.suptitle("text: its image (left) and the hard negative drawn for it (right)", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def plot_query_attention(image, cross_attention, caption: str = "", queries: Sequence[int] | None = None):
-    """Where each query looks: its cross-attention over the image's patches (heads averaged),
-    drawn over the image. ``cross_attention``: (H, Q, 1 + patches) for one image."""
-    att = cross_attention.detach().float().mean(dim=0).cpu().numpy()  # (Q, 1 + N)
-    queries = list(range(att.shape[0])) if queries is None else list(queries)
-    cols = len(queries) + 1
-    img = _image(image)
-    fig, axes = plt.subplots(1, cols, figsize=(1.9 * cols, 2.3))
-    axes[0].imshow(img, interpolation="nearest")
-    axes[0].set_title("\n".join(textwrap.wrap(caption, 18)), fontsize=8)
-    size = img.shape[0]
-    for ax, q in zip(axes[1:], queries):
-        patches = att[q, 1:].reshape(GRID, GRID)  # the [CLS] token is left out of the map
-        ax.imshow(img, interpolation="nearest")
-        ax.imshow(patches, cmap="magma", alpha=0.65, extent=(0, size, size, 0), vmin=0, vmax=max(patches.max(), 1e-6))
-        ax.set_title(f"query {q}\nCLS {att[q, 0]:.2f}", fontsize=8)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
     fig.tight_layout()
     return fig
 
