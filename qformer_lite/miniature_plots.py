@@ -34,7 +34,7 @@ def _image(x) -> np.ndarray:
 
 def plot_stage1_history(history: Mapping[str, Sequence[float]], window: int = 20, title: str = "Stage 1 losses"):
     """ITC, ITM and ITG per step (moving average), and their sum."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.0))  # the width of the book's page
     for key in ("itc", "itm", "itg"):
         if key in history:
             axes[0].plot(_smooth(history[key], window), label=key.upper(), color=LOSS_COLOURS[key])
@@ -73,7 +73,7 @@ def plot_caption_grid(pool, captions: Sequence[str], n: int = 16, columns: int =
     references = pool.captions if references is None else references
     n = min(n, len(captions) - start)
     rows = int(np.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(7.8, 7.8 / columns * 1.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     step = max(1, (len(captions) - start) // n)
