@@ -199,7 +199,9 @@ def blip2_t5_from_hf(model_or_path, dtype: torch.dtype | None = None, device=Non
 
     HF's vision encoder (its ``post_layernorm`` is LAVIS's ``ln_vision``), projection and T5
     are reused as they are and shared with the HF model; the query tokens and the Q-Former are
-    converted into ``qformer_lite`` and kept in float32.
+    converted into ``qformer_lite`` and kept in float32. Only the Q-Former and the projection
+    require grad, as ``Blip2T5`` trains; LAVIS's stage 2 also trains ``ln_vision`` (here
+    ``vision_encoder.post_layernorm``).
 
     Precision. LAVIS runs the ViT in float16 (``ln_vision`` computes in float32), the Q-Former
     and ``t5_proj`` in float32, and T5 in bfloat16. ``dtype`` moves the vision encoder, the
