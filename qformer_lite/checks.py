@@ -4,7 +4,10 @@ Each ``check_*`` runs the learner's answer against ``qformer_lite`` on small ran
 prints one clear message (a pass, or what is wrong and a hint), and returns a ``CheckResult``
 that is true when the answer passed.
 They never raise: an exception inside the learner's code is reported as a hint that names
-the learner's own line.
+the learner's own line. The one exception is the book's own build: with
+``QFORMER_LITE_STRICT_CHECKS=1`` in the environment (``make test`` and ``make book`` set it), a
+check that does not pass raises ``AssertionError``, so that a solution that has drifted from
+the library fails the build instead of printing a hint nobody reads.
 """
 
 from __future__ import annotations
@@ -88,9 +91,14 @@ class CheckResult:
         pass
 
 
+STRICT_ENV = "QFORMER_LITE_STRICT_CHECKS"
+
+
 def _say(ok: bool, message: str) -> CheckResult:
     line = f"{PASS}: {message}" if ok else f"{FAIL}: {message}"
     print(textwrap.fill(line, width=WIDTH, subsequent_indent="  ", break_on_hyphens=False))
+    if not ok and os.environ.get(STRICT_ENV) == "1":
+        raise AssertionError(f"{line} ({STRICT_ENV}=1: the book's solutions must pass their checks)")
     return CheckResult(ok, line)
 
 

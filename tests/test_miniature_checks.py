@@ -91,3 +91,13 @@ def test_negative_weights_checker_names_each_slip(capsys, slip):
     answer, hint = WEIGHT_SLIPS[slip]
     ok, out = run(capsys, miniature_checks.check_negative_weights, answer)
     assert not ok and hint in out, out
+
+
+def test_strict_mode_makes_a_failed_check_an_error(capsys, monkeypatch):
+    """The book's own runs (make test, make book) set it: a solution that drifts fails them."""
+    monkeypatch.setenv("QFORMER_LITE_STRICT_CHECKS", "1")
+    with pytest.raises(AssertionError, match="divide by 2"):
+        miniature_checks.check_itc_loss(ITC_SLIPS["summed"][0])
+    assert miniature_checks.check_itc_loss(itc_right)
+    monkeypatch.setenv("QFORMER_LITE_STRICT_CHECKS", "0")
+    assert not miniature_checks.check_itc_loss(ITC_SLIPS["summed"][0])  # a learner's run: a hint
