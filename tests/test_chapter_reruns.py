@@ -21,16 +21,17 @@ def opening_cells(path: Path, stop_at: str):
     raise AssertionError(f"{path.name} has no code cell with {stop_at!r}")
 
 
-def printed(nb) -> list[list[str]]:
-    """What each code cell printed or returned as text (progress bars go to stderr: left out)."""
+def printed(nb) -> list[str]:
+    """What each code cell printed or returned as text (progress bars go to stderr: left out).
+    The kernel may cut one cell's printing into several stream messages: they are joined."""
     out = []
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        texts = [o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout"]
-        texts += [o["data"]["text/plain"] for o in cell.outputs
-                  if o["output_type"] == "execute_result" and "text/plain" in o.get("data", {})]
-        out.append(texts)
+        text = "".join(o["text"] for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout")
+        text += "".join(o["data"]["text/plain"] for o in cell.outputs
+                        if o["output_type"] == "execute_result" and "text/plain" in o.get("data", {}))
+        out.append(text)
     return out
 
 
