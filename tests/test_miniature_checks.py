@@ -101,3 +101,73 @@ def test_strict_mode_makes_a_failed_check_an_error(capsys, monkeypatch):
     assert miniature_checks.check_itc_loss(itc_right)
     monkeypatch.setenv("QFORMER_LITE_STRICT_CHECKS", "0")
     assert not miniature_checks.check_itc_loss(ITC_SLIPS["summed"][0])  # a learner's run: a hint
+
+
+# --- chapters 7 and 8 ----------------------------------------------------------------------
+
+
+def encoder_inputs_right(prefix, prompt_embeds, prompt_mask):
+    ones = torch.ones(prefix.shape[:2], dtype=prompt_mask.dtype)
+    return torch.cat([prefix, prompt_embeds], dim=1), torch.cat([ones, prompt_mask], dim=1)
+
+
+ENCODER_SLIPS = {
+    "prompt first": (lambda p, e, m: (torch.cat([e, p], 1), torch.cat([m, torch.ones(2, 4, dtype=m.dtype)], 1)),
+                     "the prompt comes first"),
+    "wrong axis": (lambda p, e, m: (torch.cat([p, e], 2), m), "raised RuntimeError"),
+    "queries masked out": (lambda p, e, m: (torch.cat([p, e], 1), torch.cat([torch.zeros(2, 4, dtype=m.dtype), m], 1)),
+                           "every query is real"),
+    "prompt mask only": (lambda p, e, m: (torch.cat([p, e], 1), m), "attention_mask must have shape (B, Q + T)"),
+    "one thing returned": (lambda p, e, m: torch.cat([p, e], 1), "return two things"),
+}
+
+
+def test_encoder_inputs_checker(capsys):
+    ok, out = run(capsys, miniature_checks.check_encoder_inputs, encoder_inputs_right)
+    assert ok, out
+    for slip, (answer, hint) in ENCODER_SLIPS.items():
+        ok, out = run(capsys, miniature_checks.check_encoder_inputs, answer)
+        assert not ok and hint in out, (slip, out)
+
+
+def placeholder_ids_right(prompt_ids, prompt_mask, num_queries, image_token_id):
+    holders = torch.full((prompt_ids.shape[0], num_queries), image_token_id)
+    return torch.cat([holders, prompt_ids], 1), torch.cat([torch.ones_like(holders), prompt_mask], 1)
+
+
+def test_placeholder_ids_checker(capsys):
+    from qformer_lite import checks
+
+    ok, out = run(capsys, checks.check_placeholder_ids, placeholder_ids_right)
+    assert ok, out
+    def after(ids, mask, q, tok):
+        return tuple(t.roll(-q, dims=1) for t in placeholder_ids_right(ids, mask, q, tok))
+
+    slips = {
+        "placeholders after the prompt": (after, "the placeholders are after the prompt"),
+        "one placeholder only": (lambda ids, mask, q, tok: placeholder_ids_right(ids, mask, 1, tok), "one placeholder per query"),
+        "placeholders masked out": (lambda ids, mask, q, tok: (placeholder_ids_right(ids, mask, q, tok)[0],
+                                                               torch.cat([torch.zeros(2, q, dtype=torch.long), mask], 1)),
+                                    "the placeholders are real inputs"),
+    }
+    for slip, (answer, hint) in slips.items():
+        ok, out = run(capsys, checks.check_placeholder_ids, answer)
+        assert not ok and hint in out, (slip, out)
+
+
+def test_precision_guard_checker(capsys):
+    from qformer_lite import checks
+
+    def safe(lm):
+        return all(p.dtype != torch.float16 for n, p in lm.named_parameters() if n.endswith(".wo.weight"))
+
+    ok, out = run(capsys, checks.check_precision_guard, safe)
+    assert ok, out
+    ok, out = run(capsys, checks.check_precision_guard,
+                  lambda lm: all(p.dtype != torch.float16 for p in lm.parameters()))
+    assert not ok and "only the feed-forward output layers matter" in out
+    def one_layer_only(lm):  # looks at the encoder's first wo, not at every one
+        return lm.encoder.block[0].layer[-1].DenseReluDense.wo.weight.dtype != torch.float16
+
+    ok, out = run(capsys, checks.check_precision_guard, one_layer_only)
+    assert not ok and "'.wo.weight'" in out
