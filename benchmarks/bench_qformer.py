@@ -30,7 +30,7 @@ import time
 import torch
 
 from qformer_lite import QFormer, QFormerConfig
-from qformer_lite.hf import QFORMER_KEY_MAP, _convert
+from qformer_lite.hf import QFORMER_KEY_MAP, load_mapped
 
 
 def build_models(cfg: QFormerConfig, dtype, device, seed=0):
@@ -45,7 +45,7 @@ def build_models(cfg: QFormerConfig, dtype, device, seed=0):
     hf = Blip2QFormerModel(hf_cfg)
     queries = torch.randn(1, cfg.num_query_tokens, cfg.hidden_size) * 0.02
     lite = QFormer(cfg)
-    _convert({"qformer." + k: v for k, v in hf.state_dict().items()} | {"query_tokens": queries}, lite, [QFORMER_KEY_MAP])
+    load_mapped({"qformer." + k: v for k, v in hf.state_dict().items()} | {"query_tokens": queries}, lite, [QFORMER_KEY_MAP])
     return hf.to(device, dtype), lite.to(device, dtype), queries.to(device, dtype)
 
 

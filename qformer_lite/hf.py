@@ -124,8 +124,9 @@ def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_c
     return getattr(transformers, arch).from_pretrained(text, dtype=dtype, **extra)
 
 
-def _convert(hf_state: dict, target: nn.Module, tables, prefix_skip=()) -> None:
-    """Copy the mapped weights into ``target``; raise listing unplaced and unfilled weights."""
+def load_mapped(hf_state: dict, target: nn.Module, tables, prefix_skip=()) -> None:
+    """Copy HF weights into ``target`` through the key maps ``tables`` (HF name -> qformer_lite
+    name); raise listing the weights left unplaced and those left unfilled."""
     own = target.state_dict()
     filled, unexpected = set(), []
     for hf_name, tensor in hf_state.items():
@@ -168,7 +169,7 @@ def qformer_from_hf(model_or_path) -> QFormer:
     skip = () if has_text else tuple(text_ffn_keys)
     config.use_qformer_text_input = has_text
     model = QFormer(config)
-    _convert(state, model, [QFORMER_KEY_MAP], prefix_skip=skip + HEAD_PARTS)
+    load_mapped(state, model, [QFORMER_KEY_MAP], prefix_skip=skip + HEAD_PARTS)
     return model.eval()
 
 
@@ -180,7 +181,7 @@ def pretraining_from_hf(model_or_path) -> QFormerPretraining:
     config.use_qformer_text_input = True
     model = QFormerPretraining(config)
     prefixed = [(p, "qformer." + t) for p, t in QFORMER_KEY_MAP]
-    _convert(hf.state_dict(), model, [prefixed, HEAD_KEY_MAP])
+    load_mapped(hf.state_dict(), model, [prefixed, HEAD_KEY_MAP])
     return model.eval()
 
 

@@ -7,7 +7,7 @@ from transformers import Blip2QFormerModel
 
 from hf_helpers import build, padded_text, randomize_weights_, tiny_hf_blip2_config
 from qformer_lite import QFormerConfig, build_attention_mask
-from qformer_lite.hf import QFORMER_KEY_MAP, _convert, pretraining_from_hf, qformer_from_hf
+from qformer_lite.hf import QFORMER_KEY_MAP, load_mapped, pretraining_from_hf, qformer_from_hf
 from qformer_lite.qformer import QFormer
 
 TOL = 1e-5
@@ -163,7 +163,7 @@ def test_full_size_query_path_in_float64():
     queries = torch.randn(1, 32, 768, dtype=torch.float64) * 0.02
     state = {"qformer." + k: v for k, v in hf.state_dict().items()} | {"query_tokens": queries}
     lite = QFormer(QFormerConfig.blip2(use_qformer_text_input=False)).double().eval()
-    _convert(state, lite, [QFORMER_KEY_MAP])
+    load_mapped(state, lite, [QFORMER_KEY_MAP])
     img = torch.randn(2, 257, 1408, dtype=torch.float64)
     ref = hf(query_embeds=queries.expand(2, -1, -1), encoder_hidden_states=img).last_hidden_state
     for fast in (False, True):
