@@ -16,9 +16,10 @@ Two details follow LAVIS's code rather than the paper, which does not state them
   ``concat_all_gather``, which is ``@torch.no_grad``. So in the image->text direction the
   texts are constants and only the image side learns; in text->image only the text side
   does. That holds on one GPU too (the gather of one process is a detached copy).
-  ``itc_loss_from_features`` does the same by default; ``gather_with_grad=True`` lets both
-  sides of both directions learn (OpenCLIP's option of that name). The loss is the same
-  number either way; only its gradient differs.
+  ``itc_loss_from_features`` does the same by default; ``both_sides=True`` lets both sides
+  of both directions learn, as a loss on one similarity matrix does, and as OpenCLIP does for
+  each GPU's own features (it puts them, with their gradient, back into the gathered ones).
+  The loss is the same number either way; only its gradient differs.
 - The hard-negative draw of the 1.0.2 release (the code the paper's models came from) adds
   1e-4 to the softmax of the similarities and sets the positive to 0, so every negative keeps
   a small chance. LAVIS's main branch later (commit 93e0179, July 2023) masks the positive
@@ -47,7 +48,7 @@ def itc_loss(sim_i2t: torch.Tensor, temp: torch.Tensor | float, label_smoothing:
     """Symmetric contrastive loss; the positives are on the diagonal of ``sim_i2t`` (B, B).
 
     Both directions read the same matrix, so its gradient reaches both sides of each
-    direction (``gather_with_grad=True`` below). The value is LAVIS's either way."""
+    direction (``both_sides=True`` below). The value is LAVIS's either way."""
     if sim_i2t.dim() != 2 or sim_i2t.shape[0] != sim_i2t.shape[1]:
         raise ValueError(f"sim_i2t must be a square (B, B) matrix, got {tuple(sim_i2t.shape)}")
     return _two_way_loss(sim_i2t, sim_i2t.t(), temp, label_smoothing)
@@ -63,16 +64,16 @@ def _two_way_loss(sim_i2t, sim_t2i, temp, label_smoothing):
 
 def itc_loss_from_features(
     image_feats: torch.Tensor, text_feats: torch.Tensor, temp: torch.Tensor | float,
-    label_smoothing: float = 0.1, gather_with_grad: bool = False,
+    label_smoothing: float = 0.1, both_sides: bool = False,
 ) -> torch.Tensor:
     """ITC from the normalised features, image (B, Q, E) and text (B, E), as LAVIS trains it.
 
     LAVIS compares its own images with the gathered texts, and its own texts with the gathered
     images; the gathered side carries no gradient. So image->text trains the image side and
-    text->image the text side. ``gather_with_grad=True`` keeps the gradient of both sides."""
+    text->image the text side. ``both_sides=True`` keeps the gradient of both sides."""
     if image_feats.shape[0] != text_feats.shape[0]:
         raise ValueError(f"ITC needs as many images as texts, got {image_feats.shape[0]} and {text_feats.shape[0]}")
-    if gather_with_grad:
+    if both_sides:
         return itc_loss(itc_similarity_matrix(image_feats, text_feats), temp, label_smoothing)
     sim_i2t = itc_similarity_matrix(image_feats, text_feats.detach())  # (B, B): texts are constants
     sim_t2i = itc_similarity_matrix(image_feats.detach(), text_feats).t()  # (B, B): images are constants

@@ -40,7 +40,7 @@ class StageConfig:
     related_fraction: float = 0.0  # of each batch drawn as pairs of related captions (train.CaptionBatches)
     # stage 1 only, LAVIS 1.0.2's choices by default (see losses.py): each ITC direction trains
     # its own side; every hard negative keeps a 1e-4 chance (0: LAVIS's main branch)
-    gather_with_grad: bool = False
+    itc_both_sides: bool = False
     negative_floor: float = 1e-4
 
     def __post_init__(self) -> None:

@@ -86,6 +86,7 @@ def token_budget(
     per_image = vit_tokens(image_sizes[0], patch_size)
     right.plot(frames, frames * per_image, "o-", color=IMAGE_COLOR, label=f"{per_image} tokens per image")
     right.plot(frames, frames * num_queries, "o-", color=QUERY_COLOR, label=f"{num_queries} queries per image")
+    right.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # a count: whole numbers
     right.set_xlabel("images (or video frames)")
     right.set_ylabel("tokens the LLM must read")
     right.set_title(f"Several images at {image_sizes[0]} px")
@@ -577,14 +578,18 @@ def change_map(changes: Mapping[str, object], num_queries: int, changed_position
 
 # --- chapter 8 -------------------------------------------------------------------------------
 
-def captioned_images(images, captions: Sequence[str], columns: int = 4, width: int = 34, title: str | None = None):
-    """Images (H, W, 3) in a row-major grid, each with its caption wrapped underneath."""
+def captioned_images(images, captions: Sequence[str], columns: int = 4, width: int | None = None,
+                     title: str | None = None):
+    """Images (H, W, 3) in a row-major grid as wide as the page, each with its caption wrapped
+    underneath (``width`` characters a line; by default what fits under the image at 9 pt)."""
     import textwrap
 
     n = len(images)
     columns = min(columns, n)
     rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 4.3 * rows), squeeze=False)
+    panel = PAGE_WIDTH / columns  # inches
+    width = width or max(12, int(panel * 13))  # about 13 characters an inch at 9 pt
+    fig, axes = plt.subplots(rows, columns, figsize=(PAGE_WIDTH, rows * (panel + 0.9)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):

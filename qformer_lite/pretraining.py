@@ -99,7 +99,7 @@ class QFormerPretraining(nn.Module):
         generator: torch.Generator | None = None,  # draws the hard negatives
         label_smoothing: float = 0.1,
         *,
-        gather_with_grad: bool = False,
+        itc_both_sides: bool = False,
         negative_floor: float = 1e-4,
     ) -> Stage1Output:
         """The three stage-1 losses on one batch of matching (image, text) pairs, as LAVIS's
@@ -107,7 +107,7 @@ class QFormerPretraining(nn.Module):
         self-attention keys/values cached, and serve both ITC and ITG.
 
         The defaults are LAVIS 1.0.2's: each ITC direction trains only its own side (LAVIS's
-        gathered features carry no gradient; ``gather_with_grad=True`` keeps both), and the
+        gathered features carry no gradient; ``itc_both_sides=True`` trains both), and the
         hard negatives are drawn from softmax(sim / temp) + 1e-4 with the positive at 0
         (``negative_floor=0``: LAVIS's main branch). See ``losses``."""
         if input_ids.dim() != 2 or input_ids.shape[0] != image_embeds.shape[0]:
@@ -120,7 +120,7 @@ class QFormerPretraining(nn.Module):
         image_feats = F.normalize(self.vision_proj(q_out.query_output), dim=-1)  # (B, Q, E)
         text_feats = self.text_features(input_ids, attention_mask)  # (B, E)
         loss_itc = losses.itc_loss_from_features(image_feats, text_feats, self.temp, label_smoothing,
-                                                 gather_with_grad)
+                                                 both_sides=itc_both_sides)
         sim_i2t = losses.itc_similarity_matrix(image_feats, text_feats).detach()  # (B, B)
 
         # ITM: hard negatives drawn from the similarities, then [queries; text] bi-directionally

@@ -115,7 +115,7 @@ def train_stage1(
         idx = batches.next()
         _set_lr(opt, step, stage)
         out = model(features[idx], ids[idx], mask[idx], dec_token_id=tokenizer.dec_token_id, generator=gen,
-                    gather_with_grad=stage.gather_with_grad, negative_floor=stage.negative_floor)
+                    itc_both_sides=stage.itc_both_sides, negative_floor=stage.negative_floor)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()

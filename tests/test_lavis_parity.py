@@ -113,14 +113,14 @@ class ReplayNegatives:
 FORWARD = inspect.signature(QFormerPretraining.forward).parameters
 
 
-def lavis_options(gather_with_grad: bool = False) -> dict:
+def lavis_options(both_sides: bool = False) -> dict:
     """LAVIS 1.0.2's choices, passed explicitly where qformer_lite's forward takes them."""
-    options = {"gather_with_grad": gather_with_grad, "negative_floor": 1e-4}
+    options = {"itc_both_sides": both_sides, "negative_floor": 1e-4}
     return {k: v for k, v in options.items() if k in FORWARD}
 
 
 @functools.cache
-def run_lite(gather_with_grad: bool = False) -> dict:
+def run_lite(both_sides: bool = False) -> dict:
     """One qformer_lite forward on LAVIS's inputs and negatives; the ITC gradients, then the total's."""
     ref, model = reference(), build_lite()
     inputs = ref["inputs"]
@@ -128,7 +128,7 @@ def run_lite(gather_with_grad: bool = False) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch, "multinomial", replay)
         out = model(inputs["image_embeds"], inputs["input_ids"], inputs["attention_mask"],
-                    ref["config"]["dec_token_id"], **lavis_options(gather_with_grad))
+                    ref["config"]["dec_token_id"], **lavis_options(both_sides))
     params = dict(model.named_parameters())
     itc = torch.autograd.grad(out.loss_itc, list(params.values()), retain_graph=True, allow_unused=True)
     out.loss.backward()
@@ -143,10 +143,10 @@ def run_lite(gather_with_grad: bool = False) -> dict:
     }
 
 
-def grad_gap(case: str, gather_with_grad: bool = False) -> tuple[float, str, float]:
+def grad_gap(case: str, both_sides: bool = False) -> tuple[float, str, float]:
     """The largest |qformer_lite - LAVIS| over every gradient, the parameter where it is, and
     the largest |LAVIS gradient| of the case."""
-    lavis, lite = reference()["grads"][case], run_lite(gather_with_grad)["grads"][case]
+    lavis, lite = reference()["grads"][case], run_lite(both_sides)["grads"][case]
     assert {lite_name(n) for n in lavis} == set(lite), "LAVIS and qformer_lite train different parameters"
     gaps = {n: max_diff(lite[lite_name(n)], g) for n, g in lavis.items()}
     worst = max(gaps, key=gaps.get)
@@ -205,12 +205,12 @@ def test_gradients_match_lavis(case):
     assert gap <= GRAD_RTOL * largest
 
 
-@pytest.mark.skipif("gather_with_grad" not in FORWARD, reason="QFormerPretraining.forward has no gather_with_grad")
+@pytest.mark.skipif("itc_both_sides" not in FORWARD, reason="QFormerPretraining.forward has no itc_both_sides")
 @pytest.mark.parametrize("case", ["itc", "total"])
-def test_gather_with_grad_departs_from_lavis(case):
+def test_both_sides_departs_from_lavis(case):
     """With the gradient through both sides of each direction, the losses are LAVIS's but the
     gradients are not."""
     assert abs(run_lite(True)["out"].loss.item() - reference()["losses"]["loss"].item()) <= TOL
-    gap, where, largest = grad_gap(case, gather_with_grad=True)
-    print(f"\n  {case} with gather_with_grad: max |diff| {gap:.2e} at {where}; ratio {gap / largest:.2e}")
+    gap, where, largest = grad_gap(case, both_sides=True)
+    print(f"\n  {case} with both_sides: max |diff| {gap:.2e} at {where}; ratio {gap / largest:.2e}")
     assert gap > 100 * GRAD_RTOL * largest

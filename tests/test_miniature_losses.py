@@ -233,16 +233,16 @@ def test_itc_gradient_is_lavis_by_default(one_process_group):
         assert (got[name] - ref[name]).abs().max() <= 1e-5 * scale, name
 
 
-def test_gathering_with_gradient_gives_the_same_loss_and_another_gradient(one_process_group):
+def test_both_sided_itc_gives_the_same_loss_and_another_gradient(one_process_group):
     model = _tiny_model()
     image, ids, mask = _batch(model)
     lavis_loss, lavis = _itc_grads(model, image, ids, mask, losses.itc_loss_from_features)
     both_loss, both = _itc_grads(
-        model, image, ids, mask, lambda i, t, temp: losses.itc_loss_from_features(i, t, temp, gather_with_grad=True))
+        model, image, ids, mask, lambda i, t, temp: losses.itc_loss_from_features(i, t, temp, both_sides=True))
     plain_loss, plain = _itc_grads(
         model, image, ids, mask, lambda i, t, temp: losses.itc_loss(losses.itc_similarity_matrix(i, t), temp))
     assert both_loss == pytest.approx(float(lavis_loss), abs=1e-6) and plain_loss == pytest.approx(float(lavis_loss))
-    for name in plain:  # gather_with_grad is the one-matrix loss
+    for name in plain:  # both_sides is the one-matrix loss
         assert torch.allclose(both[name], plain[name], atol=1e-7), name
     scale = max(g.abs().max() for g in lavis.values())
     largest_gap = max((both[n] - lavis[n]).abs().max() for n in lavis) / scale
@@ -305,6 +305,6 @@ def test_forward_uses_lavis_choices_and_can_be_told_otherwise():
     image, ids, mask = _batch(model)
     args = (image, ids, mask)
     out = model(*args, dec_token_id=2, generator=torch.Generator().manual_seed(0))
-    both = model(*args, dec_token_id=2, generator=torch.Generator().manual_seed(0), gather_with_grad=True)
+    both = model(*args, dec_token_id=2, generator=torch.Generator().manual_seed(0), itc_both_sides=True)
     assert out.loss_itc.item() == pytest.approx(both.loss_itc.item(), abs=1e-6)
     assert torch.equal(out.neg_image, both.neg_image)
