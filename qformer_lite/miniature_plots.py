@@ -114,7 +114,7 @@ def plot_recall(values: Mapping[str, float], title: str = "Held-out image->text 
     names = list(values)
     bars = ax.barh(names, [values[k] for k in names], color="#1f77b4")
     for bar, name in zip(bars, names):
-        ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2, f"{values[name]:.0%}", va="center")
+        ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2, f"{values[name]:.1%}", va="center")
     ax.set_xlim(0, 1.1)
     ax.invert_yaxis()
     ax.set_title(title)
