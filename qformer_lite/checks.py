@@ -388,18 +388,18 @@ def check_attention(fn: Callable) -> CheckResult:
         inverted, _ = attention_from_scratch(q, k, v, ~mask)
         zero_scores = scaled.masked_fill(~mask, 0.0).softmax(-1) @ v
         zeroed_after = scaled.softmax(-1).masked_fill(~mask, 0.0) @ v
-        if torch.allclose(got, expected, atol=1e-5):
-            return _say(False, "the mask is ignored. Hint: scores.masked_fill(~mask, float('-inf')) "
-                               "before the softmax.")
-        if torch.allclose(got, inverted, atol=1e-5):
-            return _say(False, "the mask is inverted: your function hides the keys where mask is True. "
-                               "True means the key MAY be attended to: fill the scores where ~mask.")
-        if torch.allclose(got, zero_scores, atol=1e-5):
-            return _say(False, "hidden scores are set to 0, which still gets weight e⁰ = 1 in the softmax. "
-                               "Hint: fill them with float('-inf').")
-        if torch.allclose(got, zeroed_after, atol=1e-5):
-            return _say(False, "the hidden weights are zeroed after the softmax, so the visible ones no "
-                               "longer sum to 1. Hint: hidden scores get -inf before the softmax.")
+        slips = (  # what each usual mistake computes, and its hint
+            (expected, "the mask is ignored. Hint: scores.masked_fill(~mask, float('-inf')) before the softmax."),
+            (inverted, "the mask is inverted: your function hides the keys where mask is True. "
+                       "True means the key MAY be attended to: fill the scores where ~mask."),
+            (zero_scores, "hidden scores are set to 0, which still gets weight e⁰ = 1 in the softmax. "
+                          "Hint: fill them with float('-inf')."),
+            (zeroed_after, "the hidden weights are zeroed after the softmax, so the visible ones no "
+                           "longer sum to 1. Hint: hidden scores get -inf before the softmax."),
+        )
+        for computed, hint in slips:
+            if torch.allclose(got, computed, atol=1e-5):
+                return _say(False, hint)
         return _say(False, "with a mask, the output differs. Hint: hidden keys get -inf before the softmax "
                            "(not after), so the visible ones still sum to 1.")
     return _say(True, "scaled dot-product attention, with and without a mask.")
