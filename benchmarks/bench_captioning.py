@@ -33,13 +33,13 @@ IMAGE_TOKEN = 32100  # any id of the vocabulary: HF's placeholders for the 32 qu
 
 
 def full_size_config():
-    from qformer_lite.hf import flan_t5_xl_blip2_config
+    from qformer_lite.testing import flan_t5_xl_blip2_config
 
     return flan_t5_xl_blip2_config(image_token_id=IMAGE_TOKEN)
 
 
 def smoke_config():
-    from qformer_lite.hf import tiny_hf_blip2_config
+    from qformer_lite.testing import tiny_hf_blip2_config
 
     cfg = tiny_hf_blip2_config(text_input=False)
     cfg.image_token_id = 119
@@ -49,7 +49,8 @@ def smoke_config():
 def build(cfg, device, dtype, seed=0):
     from transformers import Blip2ForConditionalGeneration
 
-    from qformer_lite.hf import blip2_t5_from_hf, untie_lm_head_
+    from qformer_lite.hf import blip2_t5_from_hf
+    from qformer_lite.testing import untie_lm_head_
 
     torch.manual_seed(seed)
     with torch.device(device):

@@ -9,9 +9,11 @@ figures are medians over repeats and the ratios are lite / HF from the same run.
     python benchmarks/bench_qformer.py --smoke           # a small, quick run
 
 Variants: ``hf`` (Blip2QFormerModel, SDPA), ``lite`` (QFormer as shipped: cross-attention
-"auto", i.e. from the query side on the CPU and the plain form on a GPU), ``lite-plain`` (the
-plain cross-attention the chapters teach), ``lite-fast`` (always from the query side,
-fast.py) and ``hf-again`` (HF timed against itself: the noise floor of the ratio).
+in the form ``qformer_lite.attention.uses_query_side`` picks, i.e. from the query side on the
+CPU and the plain form on a GPU), ``lite-plain`` (the plain cross-attention the chapters
+teach), ``lite-fast`` (always from the query side, ``query_side_attention``) and ``hf-again``
+(HF timed against itself: the noise floor of the ratio). The lite variants set their form with
+``qformer_lite.attention.cross_attention_form``.
 Peak memory: on CUDA, torch's peak allocation during a step; on the CPU, the peak resident set
 (sampled every 0.5 ms) of a fresh process running one step of that variant alone, above its
 level once the model is built.
@@ -30,6 +32,7 @@ import time
 import torch
 
 from qformer_lite import QFormer, QFormerConfig
+from qformer_lite.attention import cross_attention_form
 from qformer_lite.hf import QFORMER_KEY_MAP, load_mapped
 
 
@@ -51,18 +54,17 @@ def build_models(cfg: QFormerConfig, dtype, device, seed=0):
 
 def make_step(name, hf, lite, queries, images, train):
     model = hf if name.startswith("hf") else lite
-    # the lite variants share one model: each step sets its own form (a flag, no copy)
-    fast = {"lite": "auto", "lite-plain": False, "lite-fast": True}.get(name)
+    # the lite variants share one model: each step runs in its own form (no copy)
+    form = {"lite-plain": "plain", "lite-fast": "query_side"}.get(name, "auto")
     q = queries.expand(images.shape[0], -1, -1)
 
     def forward():
         if model is hf:
             return hf(query_embeds=q, encoder_hidden_states=images).last_hidden_state
-        return lite(images).query_output
+        with cross_attention_form(form):
+            return lite(images).query_output
 
     def step():
-        if fast is not None:
-            lite.use_fast_cross_attention(fast)
         model.train(train)
         if train:
             model.zero_grad(set_to_none=True)

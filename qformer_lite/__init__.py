@@ -1,4 +1,27 @@
-"""qformer_lite: BLIP-2's Q-Former, one small module per idea, equal to the reference implementations."""
+"""qformer_lite: BLIP-2's Q-Former, one small module per idea, equal to the reference implementations.
+
+What the chapters teach, in their order:
+
+    config.py       the Q-Former's settings, named as HuggingFace's Blip2QFormerConfig  ch. 1-4
+    queries.py      the learnable queries; how many tokens a ViT gives an image         ch. 1
+    attention.py    multi-head attention, as self- and cross-attention                  ch. 2-3
+    layer.py        one Q-Former layer                                                  ch. 4
+    qformer.py      the stack                                                           ch. 4
+    masks.py        the ITC / ITM / ITG attention masks                                 ch. 5
+
+The models built from it, and the bridge to real checkpoints:
+
+    losses.py       the stage-1 losses, as LAVIS computes them                          ch. 6
+    pretraining.py  stage 1: the Q-Former with its ITC, ITM and ITG heads               ch. 6
+    blip2_t5.py     stage 2: Q-Former -> projection -> T5                               ch. 7
+    hf.py           HuggingFace BLIP-2 weights into these modules, through a key map    ch. 4, 8
+    captioning.py   captions (and answers) from images, for any BLIP-2 T5 model         ch. 8
+    testing.py      stand-ins where no download can be: HF configs, a drawn image       ch. 3, 4, 8
+
+Two folders of their own: ``miniature/`` (the world BLIP-2 is trained in on a CPU, chapters
+6-7 and the ``qformer-lite`` command; its README.md maps it) and ``book/`` (the exercises'
+checkers and the figures, imported by the notebooks).
+"""
 
 from .attention import MultiHeadAttention, attention_from_scratch
 from .config import QFormerConfig

@@ -9,8 +9,30 @@ from pathlib import Path
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_tanh", "relu", "silu")
 
 
+class JsonConfig:
+    """A dataclass of settings to JSON and back: ``to_dict``/``from_dict``, ``save``/``load``.
+    A field the class does not have is refused by name."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
 @dataclass
-class QFormerConfig:
+class QFormerConfig(JsonConfig):
     """Sizes of one Q-Former. Field names follow ``transformers.Blip2QFormerConfig``.
 
     The defaults are BLIP-2's (``QFormerConfig.blip2()``): a BERT-base encoder that
@@ -90,20 +112,3 @@ class QFormerConfig:
         base.update(overrides)
         return cls(**base)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "QFormerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown QFormerConfig fields: {unknown}")
-        return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "QFormerConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))

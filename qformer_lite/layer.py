@@ -8,7 +8,6 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .config import QFormerConfig
-from .fast import query_side_cross_attention, worthwhile
 
 _ACT = {
     "gelu": F.gelu,
@@ -71,7 +70,6 @@ class QFormerLayer(nn.Module):
 
     def __init__(self, config: QFormerConfig, layer_index: int):
         super().__init__()
-        self.layer_index = layer_index
         self.self_attention = AttentionBlock(config)
         self.cross_attention = (
             AttentionBlock(config, context_size=config.encoder_hidden_size)
@@ -79,8 +77,6 @@ class QFormerLayer(nn.Module):
         )
         self.query_ffn = FeedForward(config)
         self.text_ffn = FeedForward(config) if config.use_qformer_text_input else None
-        # "auto", True or False (QFormer sets it): the query-side form of fast.py, same numbers
-        self.fast_cross_attention: bool | str = False
 
     def forward(
         self,
@@ -101,17 +97,8 @@ class QFormerLayer(nn.Module):
 
         queries = h[:, :num_queries]  # (B, Q, D)
         if self.cross_attention is not None:
-            queries, cross_probs = self._cross_attend(queries, image_embeds, image_mask, output_attentions)
+            queries, cross_probs, _ = self.cross_attention(queries, image_embeds, image_mask, output_attentions)
         out = self.query_ffn(queries)  # (B, Q, D)
         if h.shape[1] > num_queries:
             out = torch.cat([out, self.text_ffn(h[:, num_queries:])], dim=1)  # (B, Q + T, D)
         return out, self_probs, cross_probs, kv
-
-    def _cross_attend(self, queries, image_embeds, image_mask, output_attentions):
-        fast = self.fast_cross_attention
-        if fast == "auto":
-            fast = worthwhile(self.cross_attention.attention, queries.shape[1], image_embeds)
-        if fast:
-            return query_side_cross_attention(self.cross_attention, queries, image_embeds, image_mask, output_attentions)
-        out, probs, _ = self.cross_attention(queries, image_embeds, image_mask, output_attentions)
-        return out, probs

@@ -46,7 +46,7 @@ class QFormer(nn.Module):
     together under the ``mode``'s mask (``"itc"``, ``"itm"``, ``"itg"``; see masks.py).
     """
 
-    def __init__(self, config: QFormerConfig, fast_cross_attention: bool | str = "auto"):
+    def __init__(self, config: QFormerConfig):
         super().__init__()
         self.config = config
         self.query_tokens = LearnableQueries(config.num_query_tokens, config.hidden_size, config.initializer_range)
@@ -55,7 +55,6 @@ class QFormer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(QFormerLayer(config, i) for i in range(config.num_hidden_layers))
         self.apply(self._init_weights)
-        self.use_fast_cross_attention(fast_cross_attention)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range  # BERT's init: N(0, 0.02), zero biases, unit LayerNorms
@@ -69,18 +68,6 @@ class QFormer(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-
-    def use_fast_cross_attention(self, enabled: bool | str = True) -> "QFormer":
-        """How cross-attention is computed; the outputs are the same either way (up to float
-        rounding). False: the plain form the chapters teach. True: from the query side
-        (fast.py), a third less arithmetic at BLIP-2 size. "auto" (the default): the query
-        side on the CPU where it saves arithmetic, where it was measured faster; the plain
-        form on GPUs, where it was measured faster."""
-        if enabled not in (True, False, "auto"):
-            raise ValueError(f'fast_cross_attention must be True, False or "auto", got {enabled!r}')
-        for layer in self.layers:
-            layer.fast_cross_attention = enabled
-        return self
 
     def forward(
         self,

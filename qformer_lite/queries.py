@@ -1,4 +1,5 @@
-"""The learnable query tokens: a fixed set of vectors that read the image for the LLM."""
+"""The learnable query tokens: a fixed set of vectors that read the image for the LLM, and
+how many tokens a ViT would hand it instead."""
 
 from __future__ import annotations
 
@@ -26,3 +27,12 @@ class LearnableQueries(nn.Module):
 
     def forward(self, batch_size: int) -> torch.Tensor:
         return self.weight.expand(batch_size, -1, -1)  # (B, Q, D), a view: no copy per image
+
+
+def vit_tokens(image_size: int, patch_size: int = 14, cls_token: bool = True) -> int:
+    """How many tokens a ViT gives a square image: one per patch, plus the [CLS] token.
+
+    BLIP-2's ViT-g/14 gives (224 // 14)² + 1 = 257 at 224 px and 677 at 364 px, where the
+    Q-Former hands the LLM its 32 queries (chapter 1 counts the difference).
+    """
+    return (image_size // patch_size) ** 2 + int(cls_token)

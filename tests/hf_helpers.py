@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval, Blip2Model
 
-from qformer_lite.hf import randomize_weights_, tiny_hf_blip2_config  # noqa: F401
+from qformer_lite.testing import randomize_weights_, tiny_hf_blip2_config# noqa: F401
 
 HF_CLASSES = {
     "Blip2Model": Blip2Model,

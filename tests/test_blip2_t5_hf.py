@@ -6,8 +6,8 @@ from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
 
 from hf_helpers import build, tiny_hf_blip2_config
 from qformer_lite.blip2_t5 import Blip2T5
-from qformer_lite.hf import blip2_t5_from_hf, flan_t5_xl_blip2_config, qformer_from_hf, tiny_t5_tokenizer
-from qformer_lite.hf import untie_lm_head_
+from qformer_lite.hf import blip2_t5_from_hf, qformer_from_hf
+from qformer_lite.testing import flan_t5_xl_blip2_config, tiny_t5_tokenizer, untie_lm_head_
 
 IMAGE_TOKEN = 119  # the last id of the tiny vocabulary
 

@@ -201,7 +201,7 @@ def test_chapter_anatomy(path):
     labels = re.findall(r"```\{exercise\}[^\n]*\n:label: (\S+)", markdown)
     assert labels and sorted(starts) == sorted(labels), "every exercise has a solution in a dropdown"
     assert markdown.count("```{solution-end}") == len(starts)
-    assert any("checks.check_" in c for c in code), "exercises are checked with qformer_lite.checks"
+    assert any("checks.check_" in c for c in code), "exercises are checked with qformer_lite.book.checks"
     assert cite_keys(markdown), "the chapter cites its sources"
 
 

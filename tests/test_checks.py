@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from qformer_lite import QFormer, QFormerConfig, checks
+from qformer_lite import QFormer, QFormerConfig, losses
+from qformer_lite.attention import arithmetic_ratio
+from qformer_lite.book import checks
 from qformer_lite.masks import build_attention_mask
 
 
@@ -87,12 +91,32 @@ def test_a_word_answer(capsys):
 
 
 def test_answers_are_the_books_numbers():
-    from qformer_lite.plotting import vit_tokens
+    from qformer_lite.queries import vit_tokens
 
     assert checks.ANSWERS["images_in_2048_all_tokens"][0] == 2048 // vit_tokens(364) == 3
     assert checks.ANSWERS["images_in_2048_queries"][0] == 2048 // QFormerConfig.blip2().num_query_tokens == 64
     assert checks.ANSWERS["self_attention_params"][0] == 4 * (768 * 768 + 768) + 2 * 768
     assert checks.ANSWERS["cross_attention_params"][0] == 2 * (768 * 768 + 768) + 2 * (1408 * 768 + 768) + 2 * 768
+    plain, query_side = (checks.ANSWERS[f"cross_macs_{form}"][0] for form in ("plain", "query_side"))
+    assert query_side == arithmetic_ratio(12, 32, 64, 257) * plain
+
+
+def test_the_miniatures_answers_follow_its_config_and_load_it_only_when_asked():
+    from qformer_lite.miniature.config import MiniatureConfig
+
+    config = MiniatureConfig.default()
+    assert checks.ANSWERS["itm_pairs_per_batch"][0] == 3 * config.stage1.optim.batch_size
+    assert checks.ANSWERS["soft_prompt_length"][0] == config.qformer.num_query_tokens + 1
+    code = "import sys, qformer_lite.book.checks; assert 'qformer_lite.miniature.config' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_public_names_are_listed_in_book_order():
+    public = {n for n, v in vars(checks).items() if n.startswith("check_") and callable(v)}
+    assert public <= set(checks.__all__) and all(hasattr(checks, n) for n in checks.__all__)
+    source = inspect.getsource(checks)
+    defined = [n for n in checks.__all__ if n.startswith("check_") and n != "check_answer"]
+    assert defined == sorted(defined, key=lambda n: source.index(f"\ndef {n}(")), "__all__ follows the file"
 
 
 def cross_blocks_reaching_text(model: QFormer) -> list[int]:
@@ -157,6 +181,18 @@ def test_the_learners_frame_skips_library_and_standard_library_frames():
     except ValueError as err:
         frame = checks._learners_frame(err)
     assert frame.name == "learner" and frame.lineno == line_of(learner, 'json.loads("{")')
+
+
+def test_strict_mode_makes_a_failed_check_an_error(capsys, monkeypatch):
+    """The book's own runs (make test, make book) set it: a solution that drifts fails them."""
+    monkeypatch.setenv(checks.STRICT_ENV, "1")
+    with pytest.raises(AssertionError, match="divide by 2"):
+        checks.check_itc_loss(ITC_SLIPS["summed"][0])
+    with pytest.raises(AssertionError, match="too low"):
+        checks.check_answer("self_attention_params", 2_000_000)
+    assert checks.check_itc_loss(itc_right)
+    monkeypatch.setenv(checks.STRICT_ENV, "0")
+    assert not checks.check_itc_loss(ITC_SLIPS["summed"][0])  # a learner's run: a hint
 
 
 # --- chapter 1 -------------------------------------------------------------------------------
@@ -478,6 +514,62 @@ def test_check_cross_attention(capsys):
     assert run(capsys, checks.check_cross_attention, good_cross)[0]
 
 
+def good_query_side(queries, image, attn):  # the chapter's solution
+    h = attn.num_heads
+    heads = "(h d) c -> h d c"
+    w_k = rearrange(attn.key.weight, heads, h=h)  # (H, d, C)
+    w_v = rearrange(attn.value.weight, heads, h=h)  # (H, d, C)
+    q = rearrange(attn.query(queries), "b q (h d) -> b h q d", h=h)
+    q = q / math.sqrt(attn.head_dim)
+    image = image[:, None]  # (B, 1, N, C)
+    scores = (q @ w_k) @ image.transpose(-2, -1)  # (B, H, Q, N)
+    out = (scores.softmax(dim=-1) @ image) @ w_v.transpose(-2, -1)  # (B, H, Q, d)
+    return rearrange(out, "b h q d -> b q (h d)") + attn.value.bias
+
+
+def query_side_slip(scale=None, value_bias=True, dim=-1, heads="(h d) c -> h d c", merge=True, w_v=True):
+    """The query-side form with one usual slip (the keyword arguments)."""
+    def fn(queries, image, attn):
+        h = attn.num_heads
+        q = rearrange(attn.query(queries), "b q (h d) -> b h q d", h=h)
+        x = image[:, None]
+        scores = (q @ rearrange(attn.key.weight, heads, h=h)) @ x.transpose(-2, -1)
+        out = (scores / (scale or math.sqrt(attn.head_dim))).softmax(dim) @ x  # (B, H, Q, C)
+        if w_v:
+            out = out @ rearrange(attn.value.weight, heads, h=h).transpose(-2, -1)
+        if not merge:
+            return out
+        out = rearrange(out, "b h q d -> b q (h d)")
+        return out + attn.value.bias if value_bias else out
+    return fn
+
+
+def plain_form(queries, image, attn):  # right numbers, but the image tokens are projected
+    h = attn.num_heads
+    q, k, v = heads(attn.query(queries), h), heads(attn.key(image), h), heads(attn.value(image), h)
+    return rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)")
+
+
+def test_check_query_side_attention(capsys):
+    assert run(capsys, checks.check_query_side_attention, good_query_side)[0]
+    assert run(capsys, checks.check_query_side_attention, query_side_slip())[0]
+    slips = [
+        (query_side_slip(scale=1.0), "not scaled"),
+        (query_side_slip(scale=32 ** 0.5), "√D instead of √d"),
+        (query_side_slip(value_bias=False), "value bias is missing"),
+        (query_side_slip(dim=-2), "softmax runs over the queries"),
+        (query_side_slip(heads="(d h) c -> h d c"), "interleaved"),
+        (query_side_slip(merge=False), ["(2, 4, 5, 8)", "not merged"]),
+        (query_side_slip(merge=False, w_v=False), ["(2, 4, 5, 24)", "W_v comes after it"]),
+        (plain_form, ["projects the image tokens", "attn.key.weight"]),
+        (calls_the_module, "calls the module itself"),
+        (lambda queries, image, attn: good_query_side(queries, image[..., :8], attn), "raised RuntimeError"),
+        (lambda queries, image, attn: good_query_side(queries, image, attn)[:, :1], "(B, Q, D)"),
+    ]
+    for fn, words in slips:
+        fails_with(capsys, checks.check_query_side_attention, fn, words=words)
+
+
 # --- chapter 4 -------------------------------------------------------------------------------
 
 def test_check_cross_layers(capsys):
@@ -636,26 +728,148 @@ def test_a_result_shows_nothing_more_in_a_notebook(capsys):
     assert result and result._ipython_display_() is None and "passed=True" in repr(result)
 
 
-# --- the miniature's checkers (chapters 6 and 7) ----------------------------------------------
+# --- chapter 6 -------------------------------------------------------------------------------
+
+def _ce(logits):
+    return F.cross_entropy(logits, torch.arange(logits.shape[0]), label_smoothing=0.1)
+
+
+def itc_right(sim, temp):
+    return (_ce(sim / temp) + _ce(sim.t() / temp)) / 2
+
+
+ITC_SLIPS = {
+    "summed": (lambda sim, temp: _ce(sim / temp) + _ce(sim.t() / temp), "mean: divide by 2"),
+    "one way": (lambda sim, temp: _ce(sim / temp), "image->text only"),
+    "no temperature": (lambda sim, temp: (_ce(sim) + _ce(sim.t())) / 2, "divide the similarities by temp"),
+    "times temperature": (lambda sim, temp: (_ce(sim * temp) + _ce(sim.t() * temp)) / 2, "do not multiply"),
+    "no smoothing": (lambda sim, temp: losses.itc_loss(sim, temp, 0.0), "label_smoothing=0.1"),
+}
+
+
+def test_itc_loss_checker_passes_the_solution(capsys):
+    assert run(capsys, checks.check_itc_loss, itc_right)[0]
+
+
+@pytest.mark.parametrize("slip", ITC_SLIPS, ids=str)
+def test_itc_loss_checker_names_each_slip(capsys, slip):
+    answer, hint = ITC_SLIPS[slip]
+    fails_with(capsys, checks.check_itc_loss, answer, words=hint)
+
+
+def test_itc_loss_checker_reports_a_crash_as_a_hint(capsys):
+    fails_with(capsys, checks.check_itc_loss, lambda sim, temp: sim @ torch.ones(3), words="raised RuntimeError")
+
+
+def weights_right(sim, temp):
+    w = (sim / temp).softmax(dim=1) + 1e-4
+    w = w.masked_fill(torch.eye(sim.shape[0], dtype=torch.bool), 0.0)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def _zeroed_after_softmax(sim, temp):
+    w = (sim / temp).softmax(dim=1)
+    w.fill_diagonal_(0)
+    return w
+
+
+def _lavis_as_written(sim, temp):
+    w = (sim / temp).softmax(dim=1) + 1e-4
+    w.fill_diagonal_(0)
+    return w
+
+
+def _masked_softmax(sim, temp):
+    eye = torch.eye(sim.shape[0], dtype=torch.bool)
+    return (sim / temp).masked_fill(eye, float("-inf")).softmax(dim=1)
+
+
+WEIGHT_SLIPS = {
+    "zeroed after the softmax, rows not renormalised": (_zeroed_after_softmax, "divide each row by its sum"),
+    "no floor (LAVIS's main branch)": (_masked_softmax, "Add 1e-4"),
+    "positive kept": (lambda sim, temp: (sim / temp).softmax(dim=1), "diagonal is not 0"),
+    "LAVIS's lines as they are (multinomial renormalises)": (_lavis_as_written, "torch.multinomial would do it"),
+    "something else": (lambda sim, temp: weights_right(sim * 2, temp), "differ from LAVIS's"),
+    "no temperature": (lambda sim, temp: weights_right(sim, 1.0), "divide the similarities by temp"),
+    "softmax over columns": (lambda sim, temp: weights_right(sim.t(), temp).t(), "softmax over dim=1"),
+}
+
+
+def test_negative_weights_checker_passes_the_solution_and_the_library(capsys):
+    for answer in (weights_right, losses.negative_weights):
+        assert run(capsys, checks.check_negative_weights, answer)[0]
+
+
+@pytest.mark.parametrize("slip", WEIGHT_SLIPS, ids=str)
+def test_negative_weights_checker_names_each_slip(capsys, slip):
+    answer, hint = WEIGHT_SLIPS[slip]
+    fails_with(capsys, checks.check_negative_weights, answer, words=hint)
+
+
+# --- chapter 7 -------------------------------------------------------------------------------
+
+def encoder_inputs_right(prefix, prompt_embeds, prompt_mask):
+    ones = torch.ones(prefix.shape[:2], dtype=prompt_mask.dtype)
+    return torch.cat([prefix, prompt_embeds], dim=1), torch.cat([ones, prompt_mask], dim=1)
+
+
+ENCODER_SLIPS = {
+    "prompt first": (lambda p, e, m: (torch.cat([e, p], 1), torch.cat([m, torch.ones(2, 4, dtype=m.dtype)], 1)),
+                     "the prompt comes first"),
+    "wrong axis": (lambda p, e, m: (torch.cat([p, e], 2), m), "raised RuntimeError"),
+    "queries masked out": (lambda p, e, m: (torch.cat([p, e], 1), torch.cat([torch.zeros(2, 4, dtype=m.dtype), m], 1)),
+                           "every query is real"),
+    "prompt mask only": (lambda p, e, m: (torch.cat([p, e], 1), m), "attention_mask must have shape (B, Q + T)"),
+    "one thing returned": (lambda p, e, m: torch.cat([p, e], 1), "return two things"),
+}
+
+
+def test_encoder_inputs_checker(capsys):
+    assert run(capsys, checks.check_encoder_inputs, encoder_inputs_right)[0]
+    for answer, hint in ENCODER_SLIPS.values():
+        fails_with(capsys, checks.check_encoder_inputs, answer, words=hint)
+
 
 def test_labels_checker_passes_a_copy_and_catches_an_in_place_edit(capsys):
-    from qformer_lite import miniature_checks
-
-    ok, _ = run(capsys, miniature_checks.check_labels, lambda ids, mask: ids.masked_fill(mask == 0, -100))
-    assert ok
+    assert run(capsys, checks.check_labels, lambda ids, mask: ids.masked_fill(mask == 0, -100))[0]
 
     def in_place(ids, mask):
         ids[mask == 0] = -100
         return ids
 
-    ok, out = run(capsys, miniature_checks.check_labels, in_place)
-    assert not ok and "in place" in out
+    fails_with(capsys, checks.check_labels, in_place, words="in place")
 
 
-def test_negative_weights_checker(capsys):
-    from qformer_lite import losses, miniature_checks
+# --- chapter 8 -------------------------------------------------------------------------------
 
-    ok, _ = run(capsys, miniature_checks.check_negative_weights, losses.negative_weights)
-    assert ok
-    ok, out = run(capsys, miniature_checks.check_negative_weights, lambda sim, temp: (sim / temp).softmax(dim=1))
-    assert not ok and "diagonal is not 0" in out
+def placeholder_ids_right(prompt_ids, prompt_mask, num_queries, image_token_id):
+    holders = torch.full((prompt_ids.shape[0], num_queries), image_token_id)
+    return torch.cat([holders, prompt_ids], 1), torch.cat([torch.ones_like(holders), prompt_mask], 1)
+
+
+def test_placeholder_ids_checker(capsys):
+    assert run(capsys, checks.check_placeholder_ids, placeholder_ids_right)[0]
+
+    def after(ids, mask, q, tok):
+        return tuple(t.roll(-q, dims=1) for t in placeholder_ids_right(ids, mask, q, tok))
+
+    def masked_out(ids, mask, q, tok):
+        return placeholder_ids_right(ids, mask, q, tok)[0], torch.cat([torch.zeros(2, q, dtype=torch.long), mask], 1)
+
+    fails_with(capsys, checks.check_placeholder_ids, after, words="the placeholders are after the prompt")
+    fails_with(capsys, checks.check_placeholder_ids, lambda ids, mask, q, tok: placeholder_ids_right(ids, mask, 1, tok),
+               words="one placeholder per query")
+    fails_with(capsys, checks.check_placeholder_ids, masked_out, words="the placeholders are real inputs")
+
+
+def test_precision_guard_checker(capsys):
+    def safe(lm):
+        return all(p.dtype != torch.float16 for n, p in lm.named_parameters() if n.endswith(".wo.weight"))
+
+    def one_layer_only(lm):  # looks at the encoder's first wo, not at every one
+        return lm.encoder.block[0].layer[-1].DenseReluDense.wo.weight.dtype != torch.float16
+
+    assert run(capsys, checks.check_precision_guard, safe)[0]
+    fails_with(capsys, checks.check_precision_guard, lambda lm: all(p.dtype != torch.float16 for p in lm.parameters()),
+               words="only the feed-forward output layers matter")
+    fails_with(capsys, checks.check_precision_guard, one_layer_only, words="'.wo.weight'")

@@ -7,6 +7,7 @@ from transformers import Blip2QFormerModel
 
 from hf_helpers import build, padded_text, randomize_weights_, tiny_hf_blip2_config
 from qformer_lite import QFormerConfig, build_attention_mask
+from qformer_lite.attention import cross_attention_form
 from qformer_lite.hf import QFORMER_KEY_MAP, load_mapped, pretraining_from_hf, qformer_from_hf
 from qformer_lite.qformer import QFormer
 
@@ -51,9 +52,9 @@ def test_query_output_matches_blip2_qformer_model(retrieval):
     _, _, _, img = batch(hf)
     q = hf.query_tokens.expand(img.shape[0], -1, -1)
     ref = hf.qformer(query_embeds=q, encoder_hidden_states=img).last_hidden_state
-    for fast in (False, True):
-        lite.qformer.use_fast_cross_attention(fast)
-        assert max_diff(lite.qformer(img).query_output, ref) <= TOL
+    for form in ("plain", "query_side"):
+        with cross_attention_form(form):
+            assert max_diff(lite.qformer(img).query_output, ref) <= TOL
 
 
 @torch.no_grad()
@@ -166,6 +167,6 @@ def test_full_size_query_path_in_float64():
     load_mapped(state, lite, [QFORMER_KEY_MAP])
     img = torch.randn(2, 257, 1408, dtype=torch.float64)
     ref = hf(query_embeds=queries.expand(2, -1, -1), encoder_hidden_states=img).last_hidden_state
-    for fast in (False, True):
-        lite.use_fast_cross_attention(fast)
-        assert max_diff(lite(img).query_output, ref) <= 1e-10
+    for form in ("plain", "query_side"):
+        with cross_attention_form(form):
+            assert max_diff(lite(img).query_output, ref) <= 1e-10

@@ -7,8 +7,8 @@ import sys
 import pytest
 from PIL import Image
 
-from qformer_lite import cli
-from qformer_lite.data import DataConfig, ShapesDataset
+from qformer_lite.miniature import cli
+from qformer_lite.miniature.data import DataConfig, ShapesDataset
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +98,12 @@ def test_train_refuses_a_non_empty_output(trained, capsys):
 
 
 def test_interrupted_train_leaves_nothing(tmp_path, monkeypatch, capsys):
-    import qformer_lite.miniature as miniature
+    import qformer_lite.miniature.checkpoint as checkpoint
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(miniature, "save_checkpoint", interrupted)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", interrupted)
     out = tmp_path / "run"
     assert cli.main(["train", "--output", str(out), "--preset", "quick", "--quiet"]) == 130
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder
@@ -115,7 +115,7 @@ def test_console_script_error_is_one_line(tmp_path):
     import os
 
     proc = subprocess.run(
-        [sys.executable, "-m", "qformer_lite.cli", "caption", str(tmp_path / "missing.png"), "--checkpoint", str(tmp_path)],
+        [sys.executable, "-m", "qformer_lite.miniature.cli", "caption", str(tmp_path / "missing.png"), "--checkpoint", str(tmp_path)],
         capture_output=True, text=True, env={**os.environ, **env_cache}, timeout=120,
     )
     assert proc.returncode == 2

@@ -3,10 +3,8 @@
 import numpy as np
 import pytest
 
-from qformer_lite.data import (
-    BACKGROUND, COLOURS, GRID, PLACES, RELATIONS, SHAPES, DataConfig, Scene, ShapeObject, ShapesDataset,
-    all_captions, caption_of, format_caption, parse_caption, related_captions, render, scene_for_caption,
-    shape_mask, split_captions, vocabulary,
+from qformer_lite.miniature.data import (
+    BACKGROUND, COLOURS, GRID, PLACES, RELATIONS, SHAPES, DataConfig, Scene, ShapeObject, ShapesDataset, all_captions, caption_of, format_caption, parse_caption, related_captions, render, scene_for_caption, shape_mask, split_captions, vocabulary,
 )
 
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qformer_lite import QFormerConfig, QFormerPretraining
-from qformer_lite import losses
+from qformer_lite import QFormerConfig, QFormerPretraining, losses
 
 
 def _features(b=4, q=3, e=8, seed=0):
@@ -289,7 +288,7 @@ def test_negative_weights_reject_bad_input():
 
 
 def test_itg_labels_by_mask_are_lavis_labels_by_pad_id():
-    from qformer_lite.language import CaptionTokenizer
+    from qformer_lite.miniature.standins import CaptionTokenizer
 
     tok = CaptionTokenizer()
     ids, mask = tok.qformer(["a red circle at the top left", "a blue square left of a green star", "a red circle"])

@@ -5,15 +5,14 @@ import json
 import pytest
 import torch
 
-from qformer_lite import cache
-from qformer_lite.data import ShapesDataset
-from qformer_lite.miniature import (
-    MiniatureConfig, StageConfig, build_blip2, load_checkpoint, load_standins, query_only, save_checkpoint,
-)
-from qformer_lite.train import (
-    CaptionBatches, cached_stage1, cached_stage2, encode_images, exact_match, generate_captions, retrieval,
-    train_stage1, train_stage2,
-)
+from qformer_lite.miniature import cache
+from qformer_lite.miniature.checkpoint import build_blip2, load_checkpoint, query_only, save_checkpoint
+from qformer_lite.miniature.config import MiniatureConfig
+from qformer_lite.miniature.data import ShapesDataset
+from qformer_lite.miniature.evaluate import exact_match, generate_captions, retrieval
+from qformer_lite.miniature.standins import encode_images, load_standins
+from qformer_lite.miniature.train import CaptionBatches, cached_stage1, cached_stage2, train_stage1, train_stage2
+from qformer_lite.miniature.trainer import OptimConfig
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,8 @@ def test_standins_are_cached_and_reused(setup):
     config, standins, *_ = setup
     again = load_standins(config, progress=False)
     assert again.from_cache and not standins.from_cache
-    assert again.vision_history == standins.vision_history and len(standins.vision_history) == config.vision.steps
+    assert again.vision_history == standins.vision_history
+    assert len(standins.vision_history["loss"]) == config.vision.optim.steps
     for a, b in zip(standins.language_model.parameters(), again.language_model.parameters()):
         assert torch.equal(a, b)
     assert not any(p.requires_grad for p in again.image_encoder.parameters())
@@ -65,7 +65,7 @@ def test_stage1_is_deterministic_by_seed(setup):
     _, h3 = train_stage1(MiniatureConfig.quick(seed=1), features, captions, tok, progress=False)
     assert h1 == h2
     assert h1["loss"] != h3["loss"]
-    assert set(h1) == {"loss", "itc", "itm", "itg"} and len(h1["loss"]) == config.stage1.steps
+    assert set(h1) == {"loss", "itc", "itm", "itg"} and len(h1["loss"]) == config.stage1.optim.steps
 
 
 def test_stage2_is_deterministic_by_seed(setup):
@@ -75,7 +75,7 @@ def test_stage2_is_deterministic_by_seed(setup):
         model = build_blip2(config, standins)
         histories.append(train_stage2(config, model, features, standins.train_pool.captions, standins.tokenizer,
                                       progress=False))
-    assert histories[0] == histories[1] and len(histories[0]["loss"]) == config.stage2.steps
+    assert histories[0] == histories[1] and len(histories[0]["loss"]) == config.stage2.optim.steps
 
 
 def test_stage2_trains_only_the_qformer_and_projection(setup):
@@ -128,7 +128,9 @@ def test_config_round_trip(tmp_path):
     with pytest.raises(ValueError, match="unknown MiniatureConfig fields"):
         MiniatureConfig.from_dict({"epochs": 3})
     with pytest.raises(ValueError, match="steps must be a positive integer"):
-        StageConfig(steps=0)
+        OptimConfig(steps=0)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        MiniatureConfig.from_dict({"stage1": {"optim": {"lr": 0}}})
 
 
 def test_retrieval_measures(setup):
@@ -176,12 +178,13 @@ def test_cached_stages_are_reused(setup):
 
 def test_trained_reads_both_stages_and_captions_through_captioner(setup):
     from qformer_lite.captioning import Captioner
-    from qformer_lite.data import to_tensor
-    from qformer_lite.train import test_images, trained
+    from qformer_lite.miniature.data import to_tensor
+    from qformer_lite.miniature.evaluate import test_images
+    from qformer_lite.miniature.train import run
 
     config, *_ = setup
-    first = trained(config, progress=False)  # trains what the cache lacks
-    again = trained(config, progress=False)  # reads it all back
+    first = run(config, progress=False)  # trains what the cache lacks
+    again = run(config, progress=False)  # reads it all back
     for a, b in zip(first.model.parameters(), again.model.parameters()):
         assert torch.equal(a, b)
     images, truths = test_images(3, config)

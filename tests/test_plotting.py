@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+from types import SimpleNamespace
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display in the test process; notebooks keep their inline backend
@@ -12,8 +16,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from qformer_lite import QFormerConfig, plotting  # noqa: E402
+from qformer_lite import QFormerConfig  # noqa: E402
+from qformer_lite.book import plotting  # noqa: E402
 from qformer_lite.masks import build_attention_mask  # noqa: E402
+from qformer_lite.queries import vit_tokens  # noqa: E402
+from qformer_lite.testing import synthetic_image  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -28,9 +35,19 @@ def texts(fig: Figure) -> str:
 
 
 def test_vit_tokens():
-    assert plotting.vit_tokens(224) == 257
-    assert plotting.vit_tokens(364) == 677
-    assert plotting.vit_tokens(224, cls_token=False) == 256
+    assert vit_tokens(224) == 257
+    assert vit_tokens(364) == 677
+    assert vit_tokens(224, cls_token=False) == 256
+
+
+def test_the_data_helpers_live_with_their_ideas_not_with_the_figures():
+    import qformer_lite.queries
+    import qformer_lite.testing
+
+    assert qformer_lite.queries.vit_tokens is vit_tokens  # chapter 1's token count
+    assert qformer_lite.testing.synthetic_image is synthetic_image  # a stand-in input
+    assert not hasattr(plotting, "vit_tokens") and not hasattr(plotting, "synthetic_image")
+    assert "vit_tokens" not in plotting.__all__ and "synthetic_image" not in plotting.__all__
 
 
 def test_token_budget_labels_the_counts():
@@ -58,14 +75,14 @@ def test_softmax_saturation_and_heatmaps():
 
 
 def test_synthetic_image_is_a_deterministic_rgb_scene():
-    img = plotting.synthetic_image()
+    img = synthetic_image()
     assert img.shape == (224, 224, 3) and img.dtype == np.uint8
-    assert np.array_equal(img, plotting.synthetic_image())
+    assert np.array_equal(img, synthetic_image())
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 8  # several regions, not a flat colour
 
 
 def test_patch_grid():
-    fig = plotting.patch_grid(plotting.synthetic_image())
+    fig = plotting.patch_grid(synthetic_image())
     assert "16×16 = 256 patches" in fig.axes[0].get_title()
 
 
@@ -78,7 +95,7 @@ def colour_bars(fig: Figure) -> list:
 
 
 def test_patch_attention_titles_and_one_colour_bar():
-    img = plotting.synthetic_image()
+    img = synthetic_image()
     attention = torch.rand(3, 257).softmax(-1)
     fig = plotting.patch_attention(img, attention, titles=["a", "b", "c"], cols=2)
     titles = [ax.get_title() for ax in panels(fig)]
@@ -99,7 +116,7 @@ def test_patch_attention_titles_and_one_colour_bar():
 
 @pytest.mark.parametrize("m, cols, colorbar", [(4, 4, True), (4, 2, True), (32, 8, False), (32, 8, True), (1, 4, True)])
 def test_patch_attention_fits_the_page_with_readable_titles(m, cols, colorbar):
-    fig = plotting.patch_attention(plotting.synthetic_image(), torch.rand(m, 257).softmax(-1), cols=cols,
+    fig = plotting.patch_attention(synthetic_image(), torch.rand(m, 257).softmax(-1), cols=cols,
                                    colorbar=colorbar, suptitle="where the queries look")
     width, height = fig.get_size_inches()
     assert width <= 8.0 and height <= 10.0
@@ -147,10 +164,10 @@ def test_patch_attention_draws_the_colours_its_colour_bar_gives(scale):
 
 
 def test_patch_attention_outlines_the_scene_and_rejects_bad_input():
-    img = plotting.synthetic_image()
-    edges = plotting._outline(img)
+    img = synthetic_image()
+    edges = plotting.region_outline(img)
     assert edges.shape == img.shape[:2] and 0.005 < edges.mean() < 0.08
-    assert not plotting._outline(np.full((56, 56, 3), 200, dtype=np.uint8)).any()
+    assert not plotting.region_outline(np.full((56, 56, 3), 200, dtype=np.uint8)).any()
     with pytest.raises(ValueError, match=r"\(M, 257\).*got shape \(2, 256\)"):
         plotting.patch_attention(img, torch.rand(2, 256))
     with pytest.raises(ValueError, match="scale must be 'panel' or 'shared', got 'global'"):
@@ -214,3 +231,89 @@ def test_mask_explorer_builds_a_widget():
     assert isinstance(explorer, widgets.interactive)
     names = {w.description for w in explorer.children if hasattr(w, "description")}
     assert {"mode", "Q", "T", "padding"} <= names
+
+
+def pool(n: int = 6, size: int = 24):
+    """A stand-in for the miniature's image pool: uint8 (N, H, W, 3) images and captions."""
+    images = torch.from_numpy(np.stack([synthetic_image(size)] * n))
+    return SimpleNamespace(images=images, captions=[f"caption {i}" for i in range(n)])
+
+
+def test_caption_grid_colours_each_caption_by_whether_it_is_right():
+    p = pool()
+    generated = list(p.captions)
+    generated[1] = "a wrong caption"
+    generated[2] = ""
+    fig = plotting.caption_grid(p, generated, n=4, columns=2)
+    assert tuple(fig.get_size_inches()) == pytest.approx((plotting.PAGE_WIDTH, 2 * plotting.PAGE_WIDTH / 2 * 1.3))
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["caption 0", "a wrong caption", "(empty)", "caption 3"]
+    assert [ax.title.get_color() for ax in shown] == [plotting.RIGHT_COLOR, plotting.WRONG_COLOR,
+                                                      plotting.WRONG_COLOR, plotting.RIGHT_COLOR]
+    assert np.array_equal(shown[0].images[0].get_array(), p.images[0].numpy())  # uint8 as it is
+    fig = plotting.caption_grid(p, p.captions, n=3, columns=4, start=3)  # every image from 3 on
+    assert [ax.get_title() for ax in fig.axes if ax.images] == ["caption 3", "caption 4", "caption 5"]
+
+
+def test_stage1_and_stage2_losses_draw_each_loss_in_its_parts_colour():
+    assert plotting.LOSS_COLORS == {"loss": plotting.TOTAL_COLOR, "itc": plotting.QUERY_COLOR,
+                                    "itm": plotting.IMAGE_COLOR, "itg": plotting.TEXT_COLOR}
+    steps = 50
+    history = {k: list(np.linspace(3, 1, steps)) for k in ("loss", "itc", "itm", "itg")}
+    fig = plotting.stage1_losses(history, window=10)
+    assert tuple(fig.get_size_inches()) == pytest.approx((plotting.PAGE_WIDTH, 3.0))
+    three, total = fig.axes
+    assert [line.get_label() for line in three.lines] == ["ITC", "ITM", "ITG"]
+    assert [line.get_color() for line in three.lines] == [plotting.QUERY_COLOR, plotting.IMAGE_COLOR,
+                                                          plotting.TEXT_COLOR]
+    assert total.lines[0].get_color() == plotting.TOTAL_COLOR
+    assert len(total.lines[0].get_ydata()) == steps - 10 + 1  # a moving average over 10 steps
+    fig = plotting.stage2_losses(history)
+    assert len(fig.axes[0].lines) == 1 and fig.axes[0].get_legend() is None
+    fig = plotting.stage2_losses({"a": history, "b": {"loss": [2.0] * 5}})
+    assert [line.get_label() for line in fig.axes[0].lines] == ["a", "b"]
+    assert fig.axes[0].get_yscale() == "log"
+
+
+def test_recall_bars():
+    fig = plotting.recall_bars({"untrained": 0.1234, "trained": 0.5})
+    assert "12.3%" in texts(fig) and "50.0%" in texts(fig)
+    assert fig.axes[0].patches[0].get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb(plotting.QUERY_COLOR))
+
+
+def test_hard_negatives_shows_each_text_its_image_and_the_drawn_negative():
+    images = torch.rand(4, 3, 24, 24) * 2 - 1  # the image encoder's input: (3, H, W) in [-1, 1]
+    captions = [f"caption {i}" for i in range(4)]
+    sim = torch.zeros(4, 4)
+    fig = plotting.hard_negatives(images, captions, sim, torch.tensor([1, 0, 3, 2]), rows=2)
+    assert tuple(fig.get_size_inches()) == pytest.approx((5.4, 4.8))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["caption 0", "drawn negative, p = 0.33\ncaption 1",
+                      "caption 1", "drawn negative, p = 0.33\ncaption 0"]
+    shown = fig.axes[0].images[0].get_array()
+    assert shown.shape == (24, 24, 3) and 0 <= shown.min() and shown.max() <= 1
+    assert np.allclose(shown, (images[0].permute(1, 2, 0).numpy() + 1) / 2)
+
+
+def test_captioned_images_wraps_each_caption_under_its_image():
+    images = [synthetic_image(32)] * 3
+    fig = plotting.captioned_images(images, ["a " * 40, "", "short"], columns=4)
+    panel = plotting.PAGE_WIDTH / 3  # three images: three columns
+    assert tuple(fig.get_size_inches()) == pytest.approx((plotting.PAGE_WIDTH, panel + 0.9))
+    captions = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert captions[1:] == ["(empty)", "short"] and len(captions[0].splitlines()) > 1
+    assert fig.axes[0].images[0].get_interpolation() == "nearest"  # a small image: its pixels
+    fig = plotting.captioned_images([synthetic_image()], ["a house"], title="one")
+    assert fig.axes[0].images[0].get_interpolation() == "antialiased" and fig._suptitle.get_text() == "one"
+
+
+def test_the_module_lists_its_figures_chapter_by_chapter():
+    source = inspect.getsource(plotting)
+    defined = [name for name, value in vars(plotting).items()
+               if not name.startswith("_") and not inspect.ismodule(value)
+               and getattr(value, "__module__", plotting.__name__) == plotting.__name__]
+    assert sorted(plotting.__all__) == sorted(defined)  # every public name, and nothing imported
+    figures = [name for name in plotting.__all__ if inspect.isfunction(getattr(plotting, name))]
+    assert figures == sorted(figures, key=lambda name: source.index(f"\ndef {name}("))  # book order
+    assert re.findall(r"^# --- chapter (\d)", source, flags=re.MULTILINE) == [str(c) for c in range(1, 9)]
+    assert not [name for name in figures if name.startswith("plot_")]  # figures are named as nouns

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from qformer_lite import QFormer, QFormerConfig, QFormerPretraining
+import qformer_lite.attention as attention_module
+from qformer_lite import MultiHeadAttention, QFormer, QFormerConfig, QFormerPretraining
+from qformer_lite.attention import arithmetic_ratio, cross_attention_form, query_side_attention, uses_query_side
 
 TOL = 1e-5
 
@@ -126,27 +128,27 @@ def test_queries_have_no_position_permuting_them_permutes_the_outputs():
 
 
 @pytest.mark.parametrize("freq", [1, 2, 3])
-def test_fast_cross_attention_equals_the_plain_form(freq):
+def test_query_side_cross_attention_equals_the_plain_form(freq):
     m = make(cross_attention_frequency=freq, num_hidden_layers=5)
     img, ids, mask = inputs(n=11)
     img_mask = torch.ones(2, 11, dtype=torch.long)
     img_mask[0, 9:] = 0
     results = {}
-    for fast in (False, True):
-        m.use_fast_cross_attention(fast)
+    for form in ("plain", "query_side"):
         m.zero_grad()
-        out = m(img, ids, mask, image_attention_mask=img_mask, output_attentions=True)
+        with cross_attention_form(form):
+            out = m(img, ids, mask, image_attention_mask=img_mask, output_attentions=True)
         (out.last_hidden_state.square().mean()).backward()
         grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in m.named_parameters()}
-        results[fast] = (out, grads)
-    (plain, g_plain), (fast, g_fast) = results[False], results[True]
-    assert (plain.last_hidden_state - fast.last_hidden_state).abs().max() < TOL
-    for a, b in zip(plain.cross_attentions, fast.cross_attentions):
+        results[form] = (out, grads)
+    (plain, g_plain), (query_side, g_query_side) = results["plain"], results["query_side"]
+    assert (plain.last_hidden_state - query_side.last_hidden_state).abs().max() < TOL
+    for a, b in zip(plain.cross_attentions, query_side.cross_attentions):
         assert (a - b).abs().max() < TOL
     # the key bias shifts every score of a row equally: softmax ignores it, so its gradient is 0
-    # (the fast path never touches it)
+    # (the query side never touches it)
     for name in g_plain:
-        assert (g_plain[name] - g_fast[name]).abs().max() < 1e-5, name
+        assert (g_plain[name] - g_query_side[name]).abs().max() < 1e-5, name
 
 
 def test_dropout_is_active_in_training_only():
@@ -209,43 +211,56 @@ def test_bad_input_raises_a_clear_value_error(case):
 
 
 def test_auto_cross_attention_picks_the_query_side_only_where_it_saves_arithmetic(monkeypatch):
-    from qformer_lite import fast
-
     # BLIP-2: 12 heads x 32 queries over 257 tokens: 38% fewer multiply-adds
-    assert fast.arithmetic_ratio(12, 32, 64, 257) == pytest.approx(0.6245, abs=1e-4)
+    assert arithmetic_ratio(12, 32, 64, 257) == pytest.approx(0.6245, abs=1e-4)
+    blip2 = MultiHeadAttention(768, 12, context_size=1408)
+    assert uses_query_side(blip2, 32, torch.empty(1, 257, 1408, device="meta")) is False  # not on the CPU
     calls = []
-    real = fast.query_side_cross_attention
+    real = attention_module.query_side_attention
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    import qformer_lite.layer as layer_module
-
-    monkeypatch.setattr(layer_module, "query_side_cross_attention", spy)
+    monkeypatch.setattr(attention_module, "query_side_attention", spy)
     few_tokens = make()  # tiny: 4 heads x 8 queries over 7 tokens would cost more
-    assert few_tokens.layers[0].fast_cross_attention == "auto"
+    assert not uses_query_side(few_tokens.layers[0].cross_attention.attention, 8, inputs()[0])
     few_tokens(inputs()[0])
     assert calls == []
     many_tokens = make(num_query_tokens=4)
     img = torch.randn(2, 200, many_tokens.config.encoder_hidden_size)
     out_auto = many_tokens(img).query_output
-    assert len(calls) == many_tokens.config.num_hidden_layers // many_tokens.config.cross_attention_frequency
-    out_plain = many_tokens.use_fast_cross_attention(False)(img).query_output
-    assert (out_auto - out_plain).abs().max() < TOL
-    with pytest.raises(ValueError, match='True, False or "auto", got \'yes\''):
-        many_tokens.use_fast_cross_attention("yes")
+    cross_layers = many_tokens.config.num_hidden_layers // many_tokens.config.cross_attention_frequency
+    assert len(calls) == cross_layers
+    with cross_attention_form("plain"):
+        out_plain = many_tokens(img).query_output
+    assert len(calls) == cross_layers and (out_auto - out_plain).abs().max() < TOL
+    calls.clear()
+    with cross_attention_form("query_side"):
+        few_tokens(inputs()[0])
+        with cross_attention_form("auto"):  # nested: the inner form holds inside, the outer after it
+            few_tokens(inputs()[0])
+        few_tokens(inputs()[0])
+    assert len(calls) == 2 * 2  # two passes through the tiny Q-Former's two cross-attention layers
+
+
+def test_an_unknown_cross_attention_form_is_a_clear_value_error():
+    with pytest.raises(ValueError, match="'auto', 'plain', 'query_side', got 'fast'"):
+        with cross_attention_form("fast"):
+            pass
+    with pytest.raises(ValueError, match="got True"):
+        with cross_attention_form(True):
+            pass
 
 
 def test_query_side_form_with_one_image_mask_for_the_batch():
-    from qformer_lite.fast import query_side_cross_attention
-
     m = make()
-    block = m.layers[0].cross_attention
+    attn = m.layers[0].cross_attention.attention
     q, img = torch.randn(3, 8, 64), torch.randn(3, 7, m.config.encoder_hidden_size)
     mask = torch.ones(1, 1, 1, 7, dtype=torch.bool)
     mask[..., 5:] = False  # the same two tokens hidden in every image
-    plain, p_plain, _ = block(q, img, mask, True)
-    fast, p_fast = query_side_cross_attention(block, q, img, mask, True)
-    assert (plain - fast).abs().max() < TOL and (p_plain - p_fast).abs().max() < TOL
-    assert p_fast[..., 5:].abs().max() == 0
+    with cross_attention_form("plain"):
+        plain, p_plain, _ = attn(q, img, mask, True)
+    query_side, p_query_side = query_side_attention(attn, q, img, mask, True)
+    assert (plain - query_side).abs().max() < TOL and (p_plain - p_query_side).abs().max() < TOL
+    assert p_query_side[..., 5:].abs().max() == 0

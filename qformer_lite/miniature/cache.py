@@ -21,7 +21,15 @@ from typing import Callable
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-FORMAT_VERSION = 1  # bump when the meaning of a cached entry changes
+FORMAT_VERSION = 2  # bump when the meaning of a cached entry changes
+
+# What decides each cached part: the fields of MiniatureConfig it is built from.
+DEPENDS_ON = {
+    "image-encoder": ("seed", "train_images", "data", "vision"),
+    "language-model": ("seed", "data", "language"),
+    "stage1": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1"),
+    "stage2": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2"),
+}
 
 
 def cache_dir() -> Path:
@@ -33,14 +41,13 @@ def cache_dir() -> Path:
     return base / "qformer_lite"
 
 
-def key_of(kind: str, spec: dict) -> str:
-    """A short stable name for an entry: ``kind-<hash of spec>``."""
+def entry_for(kind: str, config, **extra) -> Path:
+    """The folder of one part of a run (``kind``, a key of ``DEPENDS_ON``) made with ``config``
+    (a ``MiniatureConfig``): ``kind-<hash of the fields it depends on and extra>``."""
+    settings = config.to_dict()
+    spec = {name: settings[name] for name in DEPENDS_ON[kind]} | extra
     blob = json.dumps({"format": FORMAT_VERSION, "kind": kind, **spec}, sort_keys=True, default=str)
-    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
-def entry_path(key: str) -> Path:
-    return cache_dir() / key
+    return cache_dir() / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def save_module(module: nn.Module, folder: Path, name: str = "model") -> None:

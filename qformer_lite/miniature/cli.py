@@ -27,12 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qformer-lite", description="BLIP-2 in miniature, on a CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="pretrain the stand-ins (if not cached), run stage 1 and stage 2, evaluate")
+    train = sub.add_parser("train", help="pretrain the stand-ins, run stage 1 and stage 2 (each unless cached), evaluate")
     train.add_argument("--output", required=True, type=Path, help="folder to write (must not exist, or be empty)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--preset", choices=("default", "quick"), default="default",
                        help="quick: a seconds-long run that exercises every step but learns little")
-    train.add_argument("--no-cache", action="store_true", help="rebuild the stand-ins instead of reading the cache")
+    train.add_argument("--no-cache", action="store_true",
+                       help="train every part anew: read nothing from the cache and write nothing to it")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     caption = sub.add_parser("caption", help="caption image files with a trained checkpoint")
@@ -61,26 +62,27 @@ def _train(args, start: float) -> int:
     output: Path = args.output
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise CliError(f"--output {output} already exists and is not an empty folder")
+    from ..book.plotting import caption_grid, stage1_losses, stage2_losses
+    from . import checkpoint
     from .cache import write_atomically
-    from .miniature import MiniatureConfig, save_checkpoint
-    from .miniature_plots import plot_caption_grid, plot_stage1_history, plot_stage2_history
+    from .config import MiniatureConfig
     from .train import run
 
     config = getattr(MiniatureConfig, args.preset)(seed=args.seed)
-    result = run(config, progress=not args.quiet, use_cache=not args.no_cache)
+    result = run(config, progress=not args.quiet, use_cache=not args.no_cache, evaluate_after=True)
 
     metrics = dict(result.metrics)
 
     def fill(tmp: Path) -> None:  # into a temporary folder, renamed to --output once complete
-        save_checkpoint(result.blip2, config, result.standins.tokenizer, tmp, stage1=result.stage1)
-        plot_stage1_history(result.stage1_history).savefig(tmp / "stage1_losses.png", dpi=120)
-        plot_stage2_history(result.stage2_history).savefig(tmp / "stage2_loss.png", dpi=120)
-        plot_caption_grid(result.test_pool, result.test_captions_after, n=16).savefig(tmp / "test_captions.png", dpi=120)
+        checkpoint.save_checkpoint(result.model, config, result.tokenizer, tmp, stage1=result.stage1)
+        stage1_losses(result.stage1_history).savefig(tmp / "stage1_losses.png", dpi=120)
+        stage2_losses(result.stage2_history).savefig(tmp / "stage2_loss.png", dpi=120)
+        caption_grid(result.test_pool, result.test_captions, n=16).savefig(tmp / "test_captions.png", dpi=120)
         metrics["wall_seconds"] = round(time.perf_counter() - start, 1)  # the command, its lazy imports included
         metrics["stage_seconds"] = {k: round(v, 1) for k, v in result.timings.items()}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "test_captions.json").write_text(json.dumps(
-            [{"reference": r, "generated": g} for r, g in zip(result.test_pool.captions, result.test_captions_after)],
+            [{"reference": r, "generated": g} for r, g in zip(result.test_pool.captions, result.test_captions)],
             indent=1) + "\n")
 
     write_atomically(output, fill)  # --output is absent or empty (checked above)
@@ -116,9 +118,9 @@ def _resize(images, size: int):
 
 
 def _caption(args) -> int:
+    from .checkpoint import load_checkpoint
     from .data import to_tensor
-    from .miniature import load_checkpoint
-    from .train import generate_captions
+    from .evaluate import generate_captions
 
     if args.num_beams < 1:
         raise CliError(f"--num-beams must be >= 1, got {args.num_beams}")

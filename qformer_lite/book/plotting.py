@@ -1,13 +1,16 @@
-"""Figures for the book, kept here so that the chapters stay about the idea.
+"""The book's figures, chapter by chapter, kept here so that the chapters stay about the idea.
 
 Every function draws one static matplotlib figure and returns it (``fig = ...`` in a
-notebook shows it once). Colours are the same everywhere: queries blue, text orange,
-image green, padding grey.
+notebook shows it once); chapters 6 and 7's figures are also what ``qformer-lite train``
+saves. Colours are the same everywhere: queries blue, text orange, image green, padding
+grey, and each stage-1 loss takes the colour of a part: ITC the queries', ITM the image's,
+ITG the text's.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -15,46 +18,108 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch, Rectangle
 
+from .. import queries
+
 QUERY_COLOR = "#1f77b4"
 TEXT_COLOR = "#ff7f0e"
 IMAGE_COLOR = "#2ca02c"
 PAD_COLOR = "#9e9e9e"
 SEEN_COLOR = "#2b5d8a"
 HIDDEN_COLOR = "#f2f2f2"
+TOTAL_COLOR = "#333333"  # a sum of losses
+RIGHT_COLOR, WRONG_COLOR = "#1a7f37", "#cf222e"  # a caption equal to the true one, or not
+LOSS_COLORS = {"loss": TOTAL_COLOR, "itc": QUERY_COLOR, "itm": IMAGE_COLOR, "itg": TEXT_COLOR}
 # inches: the book's content column is about 800 px, and matplotlib draws 100 px per inch
 PAGE_WIDTH = 7.8
 
 __all__ = [
+    # the book's colours and width
+    "QUERY_COLOR",
+    "TEXT_COLOR",
+    "IMAGE_COLOR",
+    "PAD_COLOR",
+    "SEEN_COLOR",
+    "HIDDEN_COLOR",
+    "TOTAL_COLOR",
+    "RIGHT_COLOR",
+    "WRONG_COLOR",
+    "LOSS_COLORS",
+    "PAGE_WIDTH",
+    # chapter 1
     "token_budget",
     "value_histogram",
     "permutation_figure",
+    # chapter 2
     "softmax_saturation",
     "attention_heatmaps",
-    "synthetic_image",
+    # chapter 3
     "patch_grid",
+    "region_outline",
     "patch_attention",
+    # chapter 4
     "stack_diagram",
     "parameter_bars",
+    # chapter 5
     "mask_grid",
     "mask_modes",
     "mask_explorer",
     "change_map",
+    # chapter 6
+    "caption_grid",
+    "stage1_losses",
+    "recall_bars",
+    "hard_negatives",
+    # chapter 7
+    "stage2_losses",
+    # chapter 8
     "captioned_images",
 ]
 
 
+# --- shared by several chapters --------------------------------------------------------------
+
 def _to_numpy(x) -> np.ndarray:
+    """A tensor (on any device) or an array-like as a numpy array; floating tensors as float32,
+    other tensors (uint8 images, bool masks) in their own dtype."""
     if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
+        x = x.detach().cpu()
+        x = (x.float() if x.is_floating_point() else x).numpy()
     return np.asarray(x)
 
 
+def _image(x) -> np.ndarray:
+    """An image as ``imshow`` takes it: (H, W, 3) as it is (uint8, or floats in [0, 1]); a float
+    (3, H, W) in [-1, 1], the image encoder's input, as (H, W, 3) in [0, 1]."""
+    a = _to_numpy(x)
+    if a.ndim == 3 and a.shape[0] == 3:
+        a = np.clip((a.transpose(1, 2, 0) + 1) / 2, 0, 1)
+    return a
+
+
+def _image_grid(n: int, columns: int, row_height: float):
+    """A page-wide grid of ``columns`` panels a row for ``n`` images, every axis off."""
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(PAGE_WIDTH, rows * row_height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def _wrapped(caption: str, width: int) -> str:
+    """A caption in lines of at most ``width`` characters; "(empty)" for an empty one."""
+    return "\n".join(textwrap.wrap(caption or "(empty)", width))
+
+
+def _smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """The moving average over ``window`` steps (the values as they are when fewer)."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) < window:
+        return v
+    kernel = np.ones(window) / window
+    return np.convolve(v, kernel, mode="valid")
+
+
 # --- chapter 1 -------------------------------------------------------------------------------
-
-def vit_tokens(image_size: int, patch_size: int = 14, cls_token: bool = True) -> int:
-    """Number of tokens a ViT produces for a square image: patches plus the [CLS] token."""
-    return (image_size // patch_size) ** 2 + int(cls_token)
-
 
 def token_budget(
     image_sizes: Sequence[int] = (224, 364),
@@ -68,7 +133,7 @@ def token_budget(
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.4))
     labels = [f"{s} px" for s in image_sizes]
-    patches = [vit_tokens(s, patch_size) for s in image_sizes]
+    patches = [queries.vit_tokens(s, patch_size) for s in image_sizes]
     x = np.arange(len(image_sizes))
     bars = left.bar(x - 0.2, patches, 0.4, color=IMAGE_COLOR, label="all patch features + [CLS]")
     query_bars = left.bar(x + 0.2, [num_queries] * len(image_sizes), 0.4, color=QUERY_COLOR,
@@ -83,7 +148,7 @@ def token_budget(
     left.legend(frameon=False, loc="upper left")
 
     frames = np.arange(1, max_images + 1)
-    per_image = vit_tokens(image_sizes[0], patch_size)
+    per_image = queries.vit_tokens(image_sizes[0], patch_size)
     right.plot(frames, frames * per_image, "o-", color=IMAGE_COLOR, label=f"{per_image} tokens per image")
     right.plot(frames, frames * num_queries, "o-", color=QUERY_COLOR, label=f"{num_queries} queries per image")
     right.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # a count: whole numbers
@@ -196,35 +261,9 @@ def attention_heatmaps(
 
 # --- chapter 3 -------------------------------------------------------------------------------
 
-def synthetic_image(size: int = 224) -> np.ndarray:
-    """A small drawn scene (sky, sun, hills, a red house, a tree) as uint8 (size, size, 3).
-
-    Made with numpy only, so the book needs no image download.
-    """
-    yy, xx = np.mgrid[0:size, 0:size] / size  # both in [0, 1)
-    img = np.zeros((size, size, 3))
-    sky = np.stack([0.45 + 0.25 * yy, 0.65 + 0.2 * yy, 0.95 - 0.05 * yy], axis=-1)
-    img[:] = sky
-    hill = yy > 0.62 + 0.06 * np.sin(6 * xx)
-    img[hill] = [0.30, 0.62, 0.25]
-    sun = (xx - 0.8) ** 2 + (yy - 0.18) ** 2 < 0.09 ** 2
-    img[sun] = [1.0, 0.85, 0.15]
-    wall = (xx > 0.14) & (xx < 0.44) & (yy > 0.50) & (yy < 0.78)
-    img[wall] = [0.80, 0.15, 0.12]
-    roof = (yy > 0.34) & (yy <= 0.50) & (np.abs(xx - 0.29) < (yy - 0.34) * 1.15)
-    img[roof] = [0.45, 0.22, 0.12]
-    door = (xx > 0.26) & (xx < 0.33) & (yy > 0.64) & (yy < 0.78)
-    img[door] = [0.35, 0.18, 0.08]
-    trunk = (xx > 0.66) & (xx < 0.70) & (yy > 0.55) & (yy < 0.75)
-    img[trunk] = [0.40, 0.26, 0.13]
-    crown = (xx - 0.68) ** 2 + (yy - 0.48) ** 2 < 0.10 ** 2
-    img[crown] = [0.10, 0.42, 0.12]
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
-
-
 def patch_grid(image, patch_size: int = 14, title: str | None = None, number_every: int = 0):
     """The image with its ViT patch grid drawn on top (optionally numbering some patches)."""
-    img = _to_numpy(image)
+    img = _image(image)
     size = img.shape[0]
     grid = size // patch_size
     fig, ax = plt.subplots(figsize=(4.4, 4.4))
@@ -243,7 +282,7 @@ def patch_grid(image, patch_size: int = 14, title: str | None = None, number_eve
     return fig
 
 
-def _outline(image: np.ndarray, share: float = 0.08, threshold: float = 0.04) -> np.ndarray:
+def region_outline(image: np.ndarray, share: float = 0.08, threshold: float = 0.04) -> np.ndarray:
     """Where the image's colour changes sharply: a boolean (H, W) map of region borders.
 
     A pixel is on a border when its colour step to the next pixel is among the largest
@@ -302,7 +341,7 @@ def patch_attention(
     """
     if scale not in ("panel", "shared"):
         raise ValueError(f"scale must be 'panel' or 'shared', got {scale!r}")
-    img = _to_numpy(image)
+    img = _image(image)
     a = _to_numpy(attention).astype(float)
     if a.ndim == 1:
         a = a[None]
@@ -331,7 +370,7 @@ def patch_attention(
     fig = plt.figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     extent = (-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5)
-    edges = _outline(img) if outline else None
+    edges = region_outline(img) if outline else None
     mappable = None
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -522,7 +561,7 @@ def mask_explorer():
     import ipywidgets as widgets
     import torch
 
-    from .masks import MODES, build_attention_mask
+    from ..masks import MODES, build_attention_mask
 
     def show(mode="itg", num_queries=4, text_length=6, padding=1):
         padding = min(padding, text_length - 1)  # at least one real token
@@ -576,27 +615,115 @@ def change_map(changes: Mapping[str, object], num_queries: int, changed_position
     return fig
 
 
+# --- chapter 6 -------------------------------------------------------------------------------
+
+def caption_grid(pool, captions: Sequence[str], n: int = 16, columns: int = 4, references=None, start: int = 0):
+    """Images of ``pool`` with their generated captions: green when equal to the true caption,
+    red when not. ``n`` images spread evenly from ``start``; ``references``: the true captions
+    (by default ``pool.captions``)."""
+    references = pool.captions if references is None else references
+    n = min(n, len(captions) - start)
+    fig, axes = _image_grid(n, columns, PAGE_WIDTH / columns * 1.3)
+    step = max(1, (len(captions) - start) // n)
+    for ax, i in zip(axes.flat, range(start, start + step * n, step)):
+        ax.imshow(_image(pool.images[i]), interpolation="nearest")
+        ok = captions[i] == references[i]
+        ax.set_title(_wrapped(captions[i], 22), fontsize=8, color=RIGHT_COLOR if ok else WRONG_COLOR)
+    fig.tight_layout()
+    return fig
+
+
+def stage1_losses(history: Mapping[str, Sequence[float]], window: int = 20, title: str = "Stage 1 losses"):
+    """ITC, ITM and ITG per step (moving average over ``window`` steps), and their sum."""
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.0))
+    for key in ("itc", "itm", "itg"):
+        if key in history:
+            axes[0].plot(_smooth(history[key], window), label=key.upper(), color=LOSS_COLORS[key])
+    axes[0].set_title("the three losses")
+    axes[0].legend()
+    axes[1].plot(_smooth(history["loss"], window), color=LOSS_COLORS["loss"])
+    axes[1].set_title("ITC + ITM + ITG")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def recall_bars(values: Mapping[str, float], title: str = "Held-out image->text recall@1"):
+    """Bars of recall@1 (or any fractions) by name, each labelled to a tenth of a percent."""
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    names = list(values)
+    bars = ax.barh(names, [values[k] for k in names], color=QUERY_COLOR)
+    for bar, name in zip(bars, names):
+        ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2, f"{values[name]:.1%}", va="center")
+    ax.set_xlim(0, 1.1)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def hard_negatives(images, captions: Sequence[str], sim, neg_image, rows: int = 4):
+    """For the first ``rows`` texts of one batch: the matching image, then the negative image
+    drawn for that text, with the probability it had of being drawn (a softmax of ``sim``,
+    (images, texts), over the other images)."""
+    sim = _to_numpy(sim)
+    fig, axes = plt.subplots(rows, 2, figsize=(5.4, 2.4 * rows), squeeze=False)
+    for r in range(rows):
+        j = int(neg_image[r])
+        logits = sim[:, r].copy()  # images for text r
+        logits[r] = -np.inf
+        p = np.exp(logits - logits[np.isfinite(logits)].max())
+        p /= p.sum()
+        axes[r, 0].imshow(_image(images[r]), interpolation="nearest")
+        axes[r, 0].set_title(_wrapped(captions[r], 26), fontsize=8, color=RIGHT_COLOR)
+        axes[r, 1].imshow(_image(images[j]), interpolation="nearest")
+        axes[r, 1].set_title(f"drawn negative, p = {p[j]:.2f}\n" + _wrapped(captions[j], 26),
+                             fontsize=8, color=WRONG_COLOR)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.suptitle("text: its image (left) and the hard negative drawn for it (right)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- chapter 7 -------------------------------------------------------------------------------
+
+def stage2_losses(histories, window: int = 20, title: str = "Stage 2: T5's loss on the caption"):
+    """T5's loss per step (moving average): one history, or several named ones
+    (``{"name": history}``) on the same axes."""
+    if "loss" in histories:
+        histories = {"stage 2": histories}
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for name, history in histories.items():
+        ax.plot(_smooth(history["loss"], window), label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (log scale)")
+    ax.grid(alpha=0.3, which="both")
+    if len(histories) > 1:
+        ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 # --- chapter 8 -------------------------------------------------------------------------------
 
 def captioned_images(images, captions: Sequence[str], columns: int = 4, width: int | None = None,
                      title: str | None = None):
     """Images (H, W, 3) in a row-major grid as wide as the page, each with its caption wrapped
     underneath (``width`` characters a line; by default what fits under the image at 9 pt)."""
-    import textwrap
-
-    n = len(images)
-    columns = min(columns, n)
-    rows = math.ceil(n / columns)
+    columns = min(columns, len(images))
     panel = PAGE_WIDTH / columns  # inches
     width = width or max(12, int(panel * 13))  # about 13 characters an inch at 9 pt
-    fig, axes = plt.subplots(rows, columns, figsize=(PAGE_WIDTH, rows * (panel + 0.9)), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _image_grid(len(images), columns, panel + 0.9)
     for ax, image, caption in zip(axes.flat, images, captions):
-        picture = _to_numpy(image)
+        picture = _image(image)
         ax.imshow(picture, interpolation="nearest" if picture.shape[0] < 100 else "antialiased")
-        ax.text(0.5, -0.04, "\n".join(textwrap.wrap(caption or "(empty)", width)), transform=ax.transAxes,
-                ha="center", va="top", fontsize=9)
+        ax.text(0.5, -0.04, _wrapped(caption, width), transform=ax.transAxes, ha="center", va="top", fontsize=9)
     if title:
         fig.suptitle(title)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.92 if title else 0.98, bottom=0.16, wspace=0.08, hspace=0.5)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..config import JsonConfig
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 45, 45),
     "green": (45, 170, 65),
@@ -131,13 +133,18 @@ def related_captions(caption: str, candidates) -> list[str]:
     return [c for c in dict.fromkeys(format_caption(v) for v in variants) if c in pool and c != caption]
 
 
+# The tokenizer's own tokens, in front of the words (standins.CaptionTokenizer): T5's pad and
+# end, an unknown word, the Q-Former's [CLS] [SEP] and [DEC], and the mask of T5's pretraining.
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>", "[CLS]", "[SEP]", "[DEC]", "<mask>")
+
+
 def vocabulary() -> list[str]:
     """The words of the caption language, sorted."""
     return sorted({w for c in all_captions() for w in c.split()})
 
 
 @dataclass
-class DataConfig:
+class DataConfig(JsonConfig):
     image_size: int = 48  # GRID cells of image_size // GRID pixels: one encoder patch per cell
     held_out_fraction: float = 0.15  # of all captions, seen only in the test split
     single_object_fraction: float = 0.5  # of training scenes: only they teach the nine places

@@ -1,8 +1,9 @@
-"""Checkers for the book's exercises.
+"""Checkers for the book's exercises, chapter by chapter in the order of the book.
 
 Each ``check_*`` runs the learner's answer against ``qformer_lite`` on small random inputs,
 prints one clear message (a pass, or what is wrong and a hint), and returns a ``CheckResult``
-that is true when the answer passed.
+that is true when the answer passed; ``check_answer`` does the same for the short answers
+(numbers and words) of every chapter.
 They never raise: an exception inside the learner's code is reported as a hint that names
 the learner's own line. The one exception is the book's own build: with
 ``QFORMER_LITE_STRICT_CHECKS=1`` in the environment (``make test`` and ``make book`` set it), a
@@ -18,60 +19,60 @@ import os
 import sysconfig
 import textwrap
 import traceback
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from .attention import MultiHeadAttention, attention_from_scratch
-from .config import QFormerConfig
-from .masks import MODES, build_attention_mask
+from .. import losses
+from ..attention import MultiHeadAttention, attention_from_scratch, cross_attention_form
+from ..config import QFormerConfig
+from ..masks import MODES, build_attention_mask
+
+__all__ = [
+    # every chapter
+    "PASS",
+    "FAIL",
+    "WIDTH",
+    "STRICT_ENV",
+    "CheckResult",
+    "ANSWERS",
+    "check_answer",
+    # chapter 1
+    "check_queries",
+    "check_equivariance_test",
+    # chapter 2
+    "check_attention",
+    "check_split_heads",
+    # chapter 3
+    "check_cross_attention",
+    "check_query_side_attention",
+    # chapter 4
+    "check_cross_layers",
+    "check_add_norm",
+    "check_query_path_params",
+    # chapter 5
+    "check_mask",
+    "check_cached_itg_mask",
+    # chapter 6
+    "check_itc_loss",
+    "check_negative_weights",
+    # chapter 7
+    "check_encoder_inputs",
+    "check_labels",
+    # chapter 8
+    "check_placeholder_ids",
+    "check_precision_guard",
+]
 
 PASS = "✓ Correct"
 FAIL = "✗ Not yet"
 WIDTH = 70  # printed lines wrap here: a solution's dropdown in the book shows about 70 columns
 
-# Numeric and short answers: key -> (expected, hint when wrong).
-ANSWERS: dict[str, tuple[Any, str]] = {
-    "images_in_2048_all_tokens": (
-        2048 // ((364 // 14) ** 2 + 1),
-        "ViT-g/14 cuts a 364-px image into (364 // 14)² patches of 14 px and adds one [CLS] "
-        "token; only whole images fit: 2048 // (tokens per image).",
-    ),
-    "images_in_2048_queries": (
-        2048 // 32,
-        "The Q-Former hands the language model num_query_tokens = 32 vectors per image, "
-        "whatever the image size: 2048 // 32.",
-    ),
-    "self_attention_params": (
-        2_363_904,
-        "Count query, key, value and the output dense: four Linear(768, 768) with biases, "
-        "then one LayerNorm(768) with a weight and a bias.",
-    ),
-    "cross_attention_params": (
-        3_346_944,
-        "The query projection is Linear(768, 768), but key and value read the 1408-wide image "
-        "features: Linear(1408, 768). Add the output dense (768, 768) and its LayerNorm.",
-    ),
-    "cross_blocks_reaching_text": (
-        6,
-        "The text reads the queries in every layer's self-attention, which runs before that "
-        "layer's cross-attention. A block in layer i changes the queries after the text has "
-        "read them, so the text first sees its work in layer i + 1, if there is one.",
-    ),
-    "cross_blocks_reaching_text_odd": (
-        5,
-        "The text reads the queries in every layer's self-attention, which runs before that "
-        "layer's cross-attention. A block in layer i reaches the text in layer i + 1; the "
-        "last layer, 11, has no next layer.",
-    ),
-    "instructblip_mask": (
-        "itm",
-        "The instruction and the queries must read each other both ways, with no causality.",
-    ),
-}
 
+# --- what every checker shares ---------------------------------------------------------------
 
 class CheckResult:
     """What a checker returns: true when the answer passed. It shows nothing in a notebook
@@ -128,12 +129,22 @@ def _learners_frame(err: BaseException) -> traceback.FrameSummary | None:
 
 
 class _CalledTheModule(RuntimeError):
-    """Raised when an exercise asks for a computation by hand and the module was called."""
+    """Raised when an exercise asks for a computation by hand and the learner's code called
+    what it was to write; its message says what was called, and the hint."""
+
+
+def _refuse(message: str) -> Callable:
+    """A stand-in for a method an exercise's answer must not call."""
+
+    def refused(*args, **kwargs):
+        raise _CalledTheModule(message)
+
+    return refused
 
 
 def _raised(name: str, err: BaseException) -> CheckResult:
     if isinstance(err, _CalledTheModule):
-        return _say(False, f"{name} calls the module itself. Hint: {err}")
+        return _say(False, f"{name} {err}")
     first_line = (str(err).strip().splitlines() or [""])[0]
     if len(first_line) > 160:
         first_line = first_line[:157] + "..."
@@ -188,7 +199,106 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def check_answer(key: str, value: Any, answers: dict[str, tuple[Any, str]] | None = None) -> CheckResult:
+# --- the short answers, chapter by chapter ---------------------------------------------------
+
+# key -> (expected, hint when wrong). Where the expected value follows from the miniature's
+# settings (chapters 6 and 7) it is a function of ``MiniatureConfig.default()``, called when
+# the answer is looked up, so that importing the checkers stays light.
+_ANSWERS: dict[str, tuple[Any, str]] = {
+    # chapter 1
+    "images_in_2048_all_tokens": (
+        2048 // ((364 // 14) ** 2 + 1),
+        "ViT-g/14 cuts a 364-px image into (364 // 14)² patches of 14 px and adds one [CLS] "
+        "token; only whole images fit: 2048 // (tokens per image).",
+    ),
+    "images_in_2048_queries": (
+        2048 // 32,
+        "The Q-Former hands the language model num_query_tokens = 32 vectors per image, "
+        "whatever the image size: 2048 // 32.",
+    ),
+    # chapter 2
+    "self_attention_params": (
+        2_363_904,
+        "Count query, key, value and the output dense: four Linear(768, 768) with biases, "
+        "then one LayerNorm(768) with a weight and a bias.",
+    ),
+    # chapter 3
+    "cross_attention_params": (
+        3_346_944,
+        "The query projection is Linear(768, 768), but key and value read the 1408-wide image "
+        "features: Linear(1408, 768). Add the output dense (768, 768) and its LayerNorm.",
+    ),
+    "cross_blocks_reaching_text": (
+        6,
+        "The text reads the queries in every layer's self-attention, which runs before that "
+        "layer's cross-attention. A block in layer i changes the queries after the text has "
+        "read them, so the text first sees its work in layer i + 1, if there is one.",
+    ),
+    "cross_blocks_reaching_text_odd": (
+        5,
+        "The text reads the queries in every layer's self-attention, which runs before that "
+        "layer's cross-attention. A block in layer i reaches the text in layer i + 1; the "
+        "last layer, 11, has no next layer.",
+    ),
+    "cross_macs_plain": (
+        2 * 257 * 1408 * 768,
+        "The plain form projects every image token to a key and a value: two Linear(1408, 768) "
+        "on N = 257 tokens, N·C·D multiply-adds each (biases left out).",
+    ),
+    "cross_macs_query_side": (
+        2 * 12 * 32 * 1408 * (257 + 64),
+        "Per head, for its Q = 32 queries: W_k into the queries (Q·d·C), the scores against "
+        "the image tokens (Q·C·N), their weighted sum (Q·N·C) and W_v after it (Q·C·d), "
+        "with d = 64; then times H = 12 heads.",
+    ),
+    # chapter 5
+    "instructblip_mask": (
+        "itm",
+        "The instruction and the queries must read each other both ways, with no causality.",
+    ),
+    # chapter 6
+    "itm_pairs_per_batch": (
+        lambda m: 3 * m.stage1.optim.batch_size,
+        "Each matching pair brings one hard negative image and one hard negative text.",
+    ),
+    # chapter 7
+    "soft_prompt_length": (
+        lambda m: m.qformer.num_query_tokens + 1,
+        "The T5 encoder reads every projected query, then the prompt; an empty prompt is "
+        "tokenised as '</s>' alone.",
+    ),
+    "projection_params": (
+        lambda m: m.qformer.hidden_size * m.language.d_model + m.language.d_model,
+        "One Linear from the Q-Former's width to T5's d_model, with a bias.",
+    ),
+}
+
+
+class _Answers(Mapping):
+    """The answer table, with the miniature's answers computed when they are looked up."""
+
+    def __init__(self, table: dict[str, tuple[Any, str]]):
+        self._table = table
+
+    def __getitem__(self, key: str) -> tuple[Any, str]:
+        expected, hint = self._table[key]
+        if callable(expected):
+            from ..miniature.config import MiniatureConfig
+
+            expected = expected(MiniatureConfig.default())
+        return expected, hint
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+ANSWERS: Mapping[str, tuple[Any, str]] = _Answers(_ANSWERS)
+
+
+def check_answer(key: str, value: Any, answers: Mapping[str, tuple[Any, str]] | None = None) -> CheckResult:
     """Compare a short answer (a number, a bool or a word) with the book's (``answers``:
     key -> (expected, hint); by default the chapters' ``ANSWERS``).
 
@@ -443,9 +553,8 @@ def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> C
 
 # --- chapter 3 -------------------------------------------------------------------------------
 
-def _by_hand(*args, **kwargs):
-    raise _CalledTheModule("compute it from attn.query, attn.key and attn.value yourself; attn(...) "
-                           "is what your function should reproduce.")
+_by_hand = _refuse("calls the module itself. Hint: compute it from attn.query, attn.key and attn.value "
+                   "yourself; attn(...) is what your function should reproduce.")
 
 
 def check_cross_attention(fn: Callable) -> CheckResult:
@@ -501,6 +610,83 @@ def check_cross_attention(fn: Callable) -> CheckResult:
                            "from the image; split heads; softmax over the image tokens; merge heads.")
     return _say(True, "queries read the image: Q rows, N image tokens per head.")
 
+
+
+def _query_side(attn: MultiHeadAttention, queries: torch.Tensor, image: torch.Tensor, *, scale=None,
+                value_bias=True, dim=-1, heads="(h d) c -> h d c") -> torch.Tensor:
+    """``attn``'s cross-attention from the query side, or what a usual slip computes instead
+    (the keyword arguments)."""
+    h = attn.num_heads
+    q = rearrange(attn.query(queries), "b q (h d) -> b h q d", h=h)  # (B, H, Q, d)
+    w_k = rearrange(attn.key.weight, heads, h=h)  # (H, d, C)
+    w_v = rearrange(attn.value.weight, heads, h=h)  # (H, d, C)
+    x = image[:, None]  # (B, 1, N, C)
+    scores = (q @ w_k) @ x.transpose(-2, -1) / (scale or math.sqrt(attn.head_dim))  # (B, H, Q, N)
+    out = rearrange((scores.softmax(dim) @ x) @ w_v.transpose(-2, -1), "b h q d -> b q (h d)")
+    return out + attn.value.bias if value_bias else out
+
+
+def check_query_side_attention(fn: Callable) -> CheckResult:
+    """``fn(queries, image, attn)`` must compute ``attn``'s cross-attention from the query side:
+    queries (B, Q, D), image tokens (B, N, C), the scores as (q W_k) xᵀ, W_v and its bias after
+    the weighted sum, and no projection of the image tokens. Compared with the plain form."""
+    name = getattr(fn, "__name__", "your function")
+    for hidden, heads, width, q_len, n in ((32, 4, 24, 5, 9), (24, 2, 40, 3, 6)):
+        torch.manual_seed(hidden)
+        attn = MultiHeadAttention(hidden, heads, context_size=width).eval()
+        queries, image = torch.randn(2, q_len, hidden), torch.randn(2, n, width)
+        with torch.no_grad(), cross_attention_form("plain"):
+            expected, _, _ = attn(queries, image)
+            attn.forward = _refuse("calls the module itself. Hint: write the form from attn.query, "
+                                   "attn.key.weight, attn.value.weight and attn.value.bias.")
+            attn.key.forward = attn.value.forward = _refuse(
+                "projects the image tokens with attn.key or attn.value, as the plain form does. Hint: "
+                "from the query side the image tokens meet only the weights: fold attn.key.weight into "
+                "the queries, and apply attn.value.weight after the weighted sum.")
+            failed, got = _call(name, fn, queries.clone(), image.clone(), attn)
+        del attn.forward, attn.key.forward, attn.value.forward
+        if failed is not None:
+            return failed
+        got = _first(got)
+        per_head = {
+            (2, heads, q_len, hidden // heads): "the heads are not merged. Hint: "
+                                                "rearrange(out, 'b h q d -> b q (h d)').",
+            (2, heads, q_len, width): "the weighted sum of the image tokens is still C wide: W_v comes "
+                                      "after it. Hint: multiply each head's sum by its slice of "
+                                      "attn.value.weight, transposed to (C, d).",
+            (2, heads, q_len, hidden): "each head applied all of attn.value.weight. Hint: head h takes "
+                                       "only its own d rows of it, h·d to (h+1)·d.",
+        }
+        if isinstance(got, torch.Tensor) and tuple(got.shape) in per_head:
+            return _say(False, f"{name} returned shape {tuple(got.shape)}: {per_head[tuple(got.shape)]}")
+        failed = _same_shape(name, got, expected, "(B, Q, D)")
+        if failed is not None:
+            return failed
+        if torch.allclose(got, expected, atol=1e-5):
+            continue
+        slips = [
+            (dict(scale=1.0), "the scores are not scaled. Hint: divide them by √d, d = attn.head_dim, as "
+                              "in the plain form: folding W_k into the queries changes no score."),
+            (dict(scale=math.sqrt(hidden)), "scaled by √D instead of √d. Hint: each head scales by its "
+                                            "own width, attn.head_dim."),
+            (dict(value_bias=False), "the value bias is missing. Hint: in the plain form every value "
+                                     "carries attn.value.bias, and each row of weights sums to 1, so "
+                                     "it comes out unchanged: add it at the end."),
+            (dict(dim=-2), "the softmax runs over the queries. Hint: each query's weights are a "
+                           "distribution over the image tokens: softmax(dim=-1)."),
+            (dict(heads="(d h) c -> h d c"), "the heads' slices of the weights are interleaved. Hint: "
+                                             "head h owns rows h·d to (h+1)·d of attn.key.weight and "
+                                             "attn.value.weight: '(h d) c -> h d c'."),
+        ]
+        with torch.no_grad():
+            for flags, message in slips:
+                if torch.allclose(got, _query_side(attn, queries, image, **flags), atol=1e-5):
+                    return _say(False, message)
+        return _say(False, f"the output differs from the plain form's by up to "
+                           f"{float((got - expected).abs().max()):.3g}. Hint: per head, the scores "
+                           f"(q W_k) xᵀ / √d, a softmax over the image tokens, then (P x) W_vᵀ; merge the "
+                           f"heads and add attn.value.bias.")
+    return _say(True, "the plain form's numbers, and the image tokens met no projection of their own.")
 
 # --- chapter 4 -------------------------------------------------------------------------------
 
@@ -611,7 +797,7 @@ _QUERY_PATH_MISTAKES = [
 def check_query_path_params(fn: Callable) -> CheckResult:
     """``fn(config)`` must count the query path: the embedding LayerNorm and, in every layer,
     self-attention, the query FFN and (where present) cross-attention. No text parts, no queries."""
-    from .qformer import QFormer
+    from ..qformer import QFormer
 
     name = getattr(fn, "__name__", "your function")
     configs = [QFormerConfig.blip2(), QFormerConfig.tiny(), QFormerConfig.tiny(cross_attention_frequency=3),
@@ -751,24 +937,145 @@ def check_cached_itg_mask(fn: Callable) -> CheckResult:
     return _say(True, "T rows × (Q + T) columns: the text reads the cached queries and earlier text.")
 
 
-__all__ = [
-    "ANSWERS",
-    "CheckResult",
-    "check_add_norm",
-    "check_answer",
-    "check_attention",
-    "check_cached_itg_mask",
-    "check_cross_attention",
-    "check_cross_layers",
-    "check_equivariance_test",
-    "check_mask",
-    "check_queries",
-    "check_query_path_params",
-    "check_split_heads",
-]
+# --- chapter 6 -------------------------------------------------------------------------------
+
+def _random_sim(b: int = 6, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(b, b, generator=gen) * 2 - 1  # cosines in [-1, 1]
 
 
-# --- chapter 8 ----------------------------------------------------------------------------
+def check_itc_loss(fn: Callable) -> CheckResult:
+    """``fn(sim_i2t, temp)`` -> the symmetric ITC loss with label smoothing 0.1 (a scalar)."""
+    ce = torch.nn.functional.cross_entropy
+    for b, temp in ((6, 0.07), (3, 0.5)):
+        sim = _random_sim(b, seed=b)
+        failed, got = _call("itc_loss", fn, sim.clone(), temp)
+        if failed is not None:
+            return failed
+        if not isinstance(got, torch.Tensor) or got.numel() != 1:
+            return _say(False, f"itc_loss returned {type(got).__name__}; expected a scalar tensor.")
+        expected = losses.itc_loss(sim, temp, 0.1)
+        if abs(float(got) - float(expected)) <= 1e-5:
+            continue
+        targets = torch.arange(b)
+        near = {  # the usual slips, each with what it gives
+            "one_way": ce(sim / temp, targets, label_smoothing=0.1),
+            "summed": 2 * expected,
+            "no_smoothing": losses.itc_loss(sim, temp, 0.0),
+            "no_temp": losses.itc_loss(sim, 1.0, 0.1),
+            "times_temp": losses.itc_loss(sim * temp * temp, temp, 0.1),
+        }
+        hints = {
+            "one_way": "that is image->text only; average it with text->image (the transpose).",
+            "summed": "that is the sum of the two directions; ITC is their mean: divide by 2.",
+            "no_smoothing": "add label_smoothing=0.1 to both cross-entropies.",
+            "no_temp": "divide the similarities by temp before the cross-entropies.",
+            "times_temp": "divide the similarities by temp; do not multiply by it.",
+        }
+        slip = next((k for k, v in near.items() if abs(float(got) - float(v)) < 1e-5), None)
+        hint = hints[slip] if slip else "logits = sim_i2t / temp; the targets are the diagonal, arange(B)."
+        return _say(False, f"itc_loss gave {float(got):.4f}, expected {float(expected):.4f}. Hint: {hint}")
+    return _say(True, "the symmetric ITC loss, with temperature and label smoothing, as in LAVIS.")
+
+
+def check_negative_weights(fn: Callable) -> CheckResult:
+    """``fn(sim_i2t, temp)`` -> (B, B) probabilities of drawing each text as the negative of each
+    image, as LAVIS 1.0.2 draws them: softmax of sim / temp over the row, plus 1e-4, the positive
+    (diagonal) at exactly 0, each row renormalised to sum to 1."""
+    b, temp = 5, 0.02  # a low temperature: some negatives get far less than the floor
+    sim = _random_sim(b, seed=3)
+    failed, got = _call("negative_weights", fn, sim.clone(), temp)
+    if failed is not None:
+        return failed
+    expected = losses.negative_weights(sim, temp, floor=1e-4)
+    bad = _same_shape("negative_weights", got, expected, "(B, B)")
+    if bad is not None:
+        return bad
+    got = got.detach().double()
+    if (got.diagonal().abs() > 1e-9).any():
+        return _say(False, "the diagonal is not 0: the positive itself could be drawn as a negative. "
+                           "Hint: set it to 0 after adding the floor.")
+    if (got - expected.double()).abs().max() <= 1e-6:
+        return _say(True, "every negative keeps at least a small chance, the similar ones much more; "
+                          "never the positive.")
+    eye = torch.eye(b, dtype=torch.bool)
+    softmax = (sim / temp).softmax(dim=1)
+    unnormalised = (softmax + 1e-4).masked_fill(eye, 0.0)
+    near = {
+        "no_floor": losses.negative_weights(sim, temp, floor=0.0),
+        "floor_unnormalised": unnormalised,
+        "zeroed_unnormalised": softmax.masked_fill(eye, 0.0),
+        "no_temp": losses.negative_weights(sim, 1.0, floor=1e-4),
+        "columns": losses.negative_weights(sim.t(), temp, floor=1e-4).t(),
+    }
+    hints = {
+        "no_floor": "that is the draw without a floor (LAVIS's main branch). Add 1e-4 to the softmax, "
+                    "then set the positive to 0 and renormalise, as LAVIS 1.0.2 does.",
+        "floor_unnormalised": "the rows do not sum to 1: after zeroing the positive, divide each row "
+                              "by its sum (torch.multinomial would do it silently; here say it).",
+        "zeroed_unnormalised": "the rows do not sum to 1: after zeroing the positive, divide each row "
+                               "by its sum; and add the 1e-4 floor before zeroing.",
+        "no_temp": "divide the similarities by temp before the softmax.",
+        "columns": "each row (an image) is one distribution over the texts: softmax over dim=1.",
+    }
+    slip = next((k for k, v in near.items() if (got - v.double()).abs().max() <= 1e-6), None)
+    if slip:
+        return _say(False, hints[slip])
+    return _say(False, f"the weights differ from LAVIS's by up to {float((got - expected).abs().max()):.3g}. "
+                       "Hint: softmax(sim / temp, dim=1) + 1e-4, the diagonal set to 0, rows renormalised.")
+
+
+# --- chapter 7 -------------------------------------------------------------------------------
+
+def check_encoder_inputs(fn: Callable) -> CheckResult:
+    """``fn(prefix, prompt_embeds, prompt_mask)`` -> (inputs_embeds, attention_mask): the projected
+    queries first, then the prompt; ones for the queries in front of the prompt's mask."""
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randn(2, 4, 6, generator=gen)  # (B, Q, d_model)
+    prompt = torch.randn(2, 3, 6, generator=gen)  # (B, T, d_model)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    failed, got = _call("encoder_inputs", fn, prefix, prompt, mask)
+    if failed is not None:
+        return failed
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return _say(False, "return two things: (inputs_embeds, attention_mask).")
+    embeds, got_mask = got
+    expected = torch.cat([prefix, prompt], dim=1)
+    bad = _same_shape("inputs_embeds", embeds, expected, "(B, Q + T, d_model)")
+    if bad is not None:
+        return bad
+    if torch.allclose(embeds, torch.cat([prompt, prefix], dim=1)) and not torch.allclose(embeds, expected):
+        return _say(False, "the prompt comes first; BLIP-2 puts the queries in front of it.")
+    if not torch.allclose(embeds, expected):
+        return _say(False, "inputs_embeds is not [prefix; prompt] along the sequence axis (dim=1).")
+    expected_mask = torch.cat([torch.ones(2, 4, dtype=mask.dtype), mask], dim=1)
+    if not isinstance(got_mask, torch.Tensor) or tuple(got_mask.shape) != (2, 7):
+        return _say(False, "attention_mask must have shape (B, Q + T): ones for the queries, then the prompt's mask.")
+    if not torch.equal(got_mask.long(), expected_mask.long()):
+        return _say(False, "attention_mask is wrong: every query is real (1), the prompt keeps its padding (0).")
+    return _say(True, "queries first, then the prompt; the mask opens every query.")
+
+
+def check_labels(fn: Callable) -> CheckResult:
+    """``fn(ids, mask)`` -> T5 labels: the ids, with -100 wherever the mask is 0."""
+    ids = torch.tensor([[7, 8, 9, 1, 0], [7, 9, 1, 0, 0]])
+    mask = (ids != 0).long()
+    given = ids.clone()
+    failed, got = _call("make_labels", fn, given, mask)
+    if failed is not None:
+        return failed
+    expected = ids.masked_fill(mask == 0, -100)
+    bad = _same_shape("make_labels", got, expected, "(B, T)")
+    if bad is not None:
+        return bad
+    if not torch.equal(given, ids):
+        return _say(False, "make_labels changed its input in place. Hint: clone() first, or use masked_fill.")
+    if not torch.equal(got, expected):
+        return _say(False, "padding must become -100 (ignored by the loss); every real token, </s> "
+                           "included, stays. T5 shifts the labels itself: do not shift them.")
+    return _say(True, "padding is ignored, </s> is learned, and T5 builds its decoder inputs from these.")
+
+# --- chapter 8 -------------------------------------------------------------------------------
 
 def check_placeholder_ids(fn: Callable) -> CheckResult:
     """``fn(prompt_ids, prompt_mask, num_queries, image_token_id)`` must return HuggingFace's

@@ -1,0 +1,133 @@
+"""Stand-ins for what cannot be downloaded here: HuggingFace BLIP-2 configs (tiny ones, and
+BLIP-2 Flan-T5-XL's architecture) to build with random weights, a small T5-like tokenizer,
+and a drawn sample image.
+
+The tests compare ``qformer_lite`` with HF's classes built from these, and chapters 4 and 8
+use them where the real checkpoint is out of reach; chapter 3 reads the drawn image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def flan_t5_xl_blip2_config(image_token_id: int = 32100):
+    """The architecture of ``Salesforce/blip2-flan-t5-xl`` as an HF ``Blip2Config``, to build
+    with random weights (no download): EVA ViT-g/14 (HF's vision defaults), BLIP-2's
+    Q-Former (HF's Q-Former defaults, 32 queries) and Flan-T5-XL with the ``dense_act_fn``
+    "gelu" that LAVIS and HF's converter set.
+
+    A T5 built from a config ties ``lm_head`` to the shared embeddings (transformers 5 forces
+    ``tie_word_embeddings``; ``False`` only turns off the decoder-output scaling, as T5 v1.1
+    needs). Flan-T5-XL's checkpoint has a head of its own: apply ``untie_lm_head_`` to the
+    built model to count and hold what the checkpoint holds.
+    """
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, T5Config
+
+    t5 = T5Config(
+        vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
+        num_heads=32, feed_forward_proj="gated-gelu", dense_act_fn="gelu", tie_word_embeddings=False,
+        pad_token_id=0, eos_token_id=1, bos_token_id=1, decoder_start_token_id=0,
+    )
+    config = Blip2Config(
+        vision_config=Blip2VisionConfig().to_dict(), qformer_config=Blip2QFormerConfig().to_dict(),
+        text_config=t5.to_dict(), num_query_tokens=32,
+    )
+    config.image_token_id = image_token_id
+    return config
+
+
+def untie_lm_head_(model: nn.Module) -> nn.Module:
+    """Give T5's ``lm_head`` a weight of its own (a copy of the shared embeddings), as Flan-T5's
+    checkpoints have. ``model``: a ``Blip2ForConditionalGeneration`` or a T5 built from a
+    config, on any device, the meta device included. HF's ``tie_weights()`` would tie the
+    two again. Returns ``model``."""
+    lm = getattr(model, "language_model", model)
+    head, shared = getattr(lm, "lm_head", None), getattr(lm, "shared", None)
+    if not isinstance(head, nn.Linear) or not isinstance(shared, nn.Embedding):
+        raise ValueError(f"expected a T5 (an lm_head and shared embeddings), got a {type(lm).__name__}")
+    if head.weight is shared.weight:
+        head.weight = nn.Parameter(shared.weight.detach().clone(), requires_grad=shared.weight.requires_grad)
+    return model
+
+
+def tiny_hf_blip2_config(
+    *, hidden_size=64, num_layers=3, heads=4, freq=2, queries=8, vision_width=48, vocab=120,
+    text_input=True, max_positions=40, image_size=32, patch=8, image_text_hidden_size=24,
+):
+    """A small HF ``Blip2Config`` (T5 language model) for parity checks without a download."""
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, T5Config
+
+    vision = Blip2VisionConfig(
+        hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=2,
+        num_attention_heads=4, image_size=image_size, patch_size=patch,
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=heads,
+        intermediate_size=2 * hidden_size, cross_attention_frequency=freq, vocab_size=vocab,
+        max_position_embeddings=max_positions, use_qformer_text_input=text_input,
+    )
+    text = T5Config(
+        vocab_size=vocab, d_model=40, d_kv=10, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+    )
+    return Blip2Config(
+        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+        num_query_tokens=queries, image_text_hidden_size=image_text_hidden_size,
+    )
+
+
+def randomize_weights_(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
+    """Give every parameter a distinct random value (LayerNorm weights around 1), so that a
+    swapped or forgotten weight shows in the outputs. HF initialises the query tokens to
+    zeros and LayerNorms to (1, 0), which would hide such mistakes."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * std
+            is_norm_weight = ("layernorm" in name.lower() or "layer_norm" in name.lower()) and name.endswith("weight")
+            p.copy_(1.0 + noise if is_norm_weight else noise)
+    return model
+
+
+def tiny_t5_tokenizer(vocab_size: int = 120):
+    """A word-level T5-like tokenizer built locally (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2,
+    then "a", "photo", "of", ... and ``w<i>`` words); it appends ``</s>`` as T5's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "</s>", "<unk>", "a", "photo", "of", "picture", "image", "showing", "an",
+             "Question:", "what", "is", "it?", "Short", "answer:"]
+    words += [f"w{i}" for i in range(vocab_size - 1 - len(words))]  # the last id stays free
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def synthetic_image(size: int = 224) -> np.ndarray:
+    """A small drawn scene (sky, sun, hills, a red house, a tree) as uint8 (size, size, 3).
+
+    Made with numpy only, so that the book and the tests need no image download.
+    """
+    yy, xx = np.mgrid[0:size, 0:size] / size  # both in [0, 1)
+    img = np.zeros((size, size, 3))
+    sky = np.stack([0.45 + 0.25 * yy, 0.65 + 0.2 * yy, 0.95 - 0.05 * yy], axis=-1)
+    img[:] = sky
+    hill = yy > 0.62 + 0.06 * np.sin(6 * xx)
+    img[hill] = [0.30, 0.62, 0.25]
+    sun = (xx - 0.8) ** 2 + (yy - 0.18) ** 2 < 0.09 ** 2
+    img[sun] = [1.0, 0.85, 0.15]
+    wall = (xx > 0.14) & (xx < 0.44) & (yy > 0.50) & (yy < 0.78)
+    img[wall] = [0.80, 0.15, 0.12]
+    roof = (yy > 0.34) & (yy <= 0.50) & (np.abs(xx - 0.29) < (yy - 0.34) * 1.15)
+    img[roof] = [0.45, 0.22, 0.12]
+    door = (xx > 0.26) & (xx < 0.33) & (yy > 0.64) & (yy < 0.78)
+    img[door] = [0.35, 0.18, 0.08]
+    trunk = (xx > 0.66) & (xx < 0.70) & (yy > 0.55) & (yy < 0.75)
+    img[trunk] = [0.40, 0.26, 0.13]
+    crown = (xx - 0.68) ** 2 + (yy - 0.48) ** 2 < 0.10 ** 2
+    img[crown] = [0.10, 0.42, 0.12]
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
