@@ -38,6 +38,14 @@ def fails_with(capsys, checker, *args, words):
     return out
 
 
+def says(capsys, checker, answer, ok: bool, words):
+    """The check passes (or fails) as ``ok`` says, and its message holds every one of ``words``."""
+    got, out = run(capsys, checker, answer)
+    assert got is ok, out
+    for word in [words] if isinstance(words, str) else words:
+        assert word in out, out
+
+
 def line_of(fn, text: str) -> int:
     """The file line number of the line of ``fn``'s source holding ``text``."""
     lines, start = inspect.getsourcelines(fn)
@@ -179,7 +187,7 @@ def test_the_learners_frame_skips_library_and_standard_library_frames():
     try:
         learner()
     except ValueError as err:
-        frame = checks._learners_frame(err)
+        frame = checks.learners_frame(err)
     assert frame.name == "learner" and frame.lineno == line_of(learner, 'json.loads("{")')
 
 
@@ -285,10 +293,7 @@ class Unwritten(nn.Module):
     (Unwritten, False, "not written yet"),
 ])
 def test_check_queries(capsys, cls, ok, words):
-    got, out = run(capsys, checks.check_queries, cls)
-    assert bool(got) is ok, out
-    for word in [words] if isinstance(words, str) else words:
-        assert word in out, out
+    says(capsys, checks.check_queries, cls, ok, words)
 
 
 def test_check_equivariance_test(capsys):
@@ -401,10 +406,7 @@ def crashes(q, k, v, mask=None):
     (crashes, False, ["raised RuntimeError", "in crashes: return q @ k"]),
 ])
 def test_check_attention(capsys, fn, ok, words):
-    got, out = run(capsys, checks.check_attention, fn)
-    assert bool(got) is ok, out
-    for word in [words] if isinstance(words, str) else words:
-        assert word in out, out
+    says(capsys, checks.check_attention, fn, ok, words)
 
 
 def test_the_inverted_mask_is_not_hinted_as_minus_inf_before_the_softmax(capsys):
@@ -608,7 +610,7 @@ def formula(cfg):
 
 def test_the_checkers_mistakes_start_from_the_right_count():
     for cfg in (QFormerConfig.blip2(), QFormerConfig.tiny(cross_attention_frequency=3)):
-        assert checks._query_path_formula(cfg) == formula(cfg)
+        assert checks.query_path_formula(cfg) == formula(cfg)
     assert formula(QFormerConfig.blip2()) == 105_137_664
 
 
@@ -625,7 +627,7 @@ def test_the_checkers_mistakes_start_from_the_right_count():
 ])
 def test_check_query_path_params_names_the_mistake(capsys, flags, words):
     def mistaken(cfg):
-        return checks._query_path_formula(cfg, **flags)
+        return checks.query_path_formula(cfg, **flags)
 
     fails_with(capsys, checks.check_query_path_params, mistaken, words=words)
 
@@ -873,3 +875,15 @@ def test_precision_guard_checker(capsys):
     fails_with(capsys, checks.check_precision_guard, lambda lm: all(p.dtype != torch.float16 for p in lm.parameters()),
                words="only the feed-forward output layers matter")
     fails_with(capsys, checks.check_precision_guard, one_layer_only, words="'.wo.weight'")
+
+
+def test_every_checker_is_tested_with_a_right_and_a_wrong_answer():
+    """A new chapter's checker comes with both: its solution passes, a usual mistake gets its hint."""
+    import re
+    from pathlib import Path
+
+    source = Path(__file__).read_text()
+    for name in checks.__all__:
+        if name.startswith("check_"):
+            assert re.search(rf"(run|says)\(capsys, checks\.{name}\b", source), f"no answer of {name} passes here"
+            assert re.search(rf"(fails_with|says)\(capsys, checks\.{name}\b", source), f"no mistake is shown to {name}"

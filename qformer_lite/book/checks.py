@@ -40,6 +40,7 @@ __all__ = [
     "CheckResult",
     "ANSWERS",
     "check_answer",
+    "learners_frame",
     # chapter 1
     "check_queries",
     "check_equivariance_test",
@@ -53,6 +54,7 @@ __all__ = [
     "check_cross_layers",
     "check_add_norm",
     "check_query_path_params",
+    "query_path_formula",
     # chapter 5
     "check_mask",
     "check_cached_itg_mask",
@@ -114,7 +116,7 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(os.path.realpath(d) + os.sep for d in dirs)
 
 
-def _learners_frame(err: BaseException) -> traceback.FrameSummary | None:
+def learners_frame(err: BaseException) -> traceback.FrameSummary | None:
     """The last traceback frame in the learner's code (a notebook cell, a script), or None."""
     skip = _library_dirs()
     frames = traceback.extract_tb(err.__traceback__)
@@ -148,7 +150,7 @@ def _raised(name: str, err: BaseException) -> CheckResult:
     first_line = (str(err).strip().splitlines() or [""])[0]
     if len(first_line) > 160:
         first_line = first_line[:157] + "..."
-    frame = _learners_frame(err)
+    frame = learners_frame(err)
     where = ""
     if frame is not None:
         code = " ".join((frame.line or "").split())
@@ -750,9 +752,9 @@ def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _query_path_formula(cfg: QFormerConfig, *, biases=True, norms=True, embedding_norm=True, image_width=None,
-                        cross_every_layer=False, cross_one_based=False, text_ffn=False, text_embeddings=False,
-                        query_tokens=False) -> int:
+def query_path_formula(cfg: QFormerConfig, *, biases=True, norms=True, embedding_norm=True, image_width=None,
+                       cross_every_layer=False, cross_one_based=False, text_ffn=False, text_embeddings=False,
+                       query_tokens=False) -> int:
     """The query-path count, or what a typical mistake counts instead (the keyword flags)."""
     d, f, c = cfg.hidden_size, cfg.intermediate_size, image_width or cfg.encoder_hidden_size
 
@@ -827,7 +829,7 @@ def check_query_path_params(fn: Callable) -> CheckResult:
                 flags = {**flags, "image_width": cfg.hidden_size}
                 if cfg.hidden_size == cfg.encoder_hidden_size:
                     continue
-            if got == _query_path_formula(cfg, **flags):
+            if got == query_path_formula(cfg, **flags):
                 hint = message
                 break
         if hint is None and right_for_blip2:
