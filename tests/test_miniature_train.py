@@ -176,7 +176,7 @@ def test_cached_stages_are_reused(setup):
     json.dumps(h2)  # histories are plain JSON
 
 
-def test_trained_reads_both_stages_and_captions_through_captioner(setup):
+def test_a_run_reads_both_stages_back_and_captions_through_captioner(setup):
     from qformer_lite.captioning import Captioner
     from qformer_lite.miniature.data import to_tensor
     from qformer_lite.miniature.evaluate import test_images
@@ -185,6 +185,8 @@ def test_trained_reads_both_stages_and_captions_through_captioner(setup):
     config, *_ = setup
     first = run(config, progress=False)  # trains what the cache lacks
     again = run(config, progress=False)  # reads it all back
+    assert again.from_cache == {"standins": True, "stage1": True, "stage2": True}
+    assert again.stage1_history == first.stage1_history and again.stage2_history == first.stage2_history
     for a, b in zip(first.model.parameters(), again.model.parameters()):
         assert torch.equal(a, b)
     images, truths = test_images(3, config)
@@ -226,3 +228,20 @@ def test_a_cache_entry_that_does_not_fit_is_refused(tmp_path):
         cache.cached_training(tmp_path / "entry", nn.Sequential(nn.Linear(3, 2)), train_small, trainable_only=True)
     with pytest.raises(ValueError, match="does not fit this model"):
         cache.cached_training(tmp_path / "entry", nn.Linear(4, 2), train_small)
+
+
+def test_a_run_without_the_cache_trains_everything_writes_nothing_and_evaluates(tmp_path, monkeypatch):
+    from qformer_lite.miniature.train import run
+
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path / "cache"))
+    config = MiniatureConfig.quick()
+    cold = run(config, progress=False, use_cache=False, evaluate_after=True)
+    assert cold.from_cache == {"standins": False, "stage1": False, "stage2": False}
+    assert not (tmp_path / "cache").exists()
+    assert set(cold.metrics) >= {"caption_exact_match", "image_text_recall_at_1", "image_text_recall_at_1_itm_rerank"}
+    assert len(cold.test_captions) == len(cold.test_pool) == cold.metrics["test_images"]
+    cached = run(config, progress=False, evaluate_after=True)  # trains again, and caches this time
+    assert cached.from_cache == {"standins": False, "stage1": False, "stage2": False}
+    assert cached.stage2_history == cold.stage2_history and cached.metrics["from_cache"] == cached.from_cache
+    assert {k: v for k, v in cached.metrics.items() if k != "from_cache"} == {
+        k: v for k, v in cold.metrics.items() if k != "from_cache"}
