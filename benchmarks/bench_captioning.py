@@ -1,7 +1,7 @@
 """Batched captioning at BLIP-2 size: qformer_lite's Blip2T5 against HF's Blip2ForConditionalGeneration.
 
 Builds the architecture of ``Salesforce/blip2-flan-t5-xl`` with random weights (no download;
-``qformer_lite.hf.flan_t5_xl_blip2_config``): EVA ViT-g dimensions (1408 wide, 39 layers, 257
+``qformer_lite.testing.flan_t5_xl_blip2_config``): EVA ViT-g dimensions (1408 wide, 39 layers, 257
 tokens at 224 px), the BLIP-2 Q-Former (768 wide, 12 layers, 32 queries) and Flan-T5-XL
 (d_model 2048, 24 + 24 layers, gated GELU, 32128 words) with its ``lm_head`` untied from the
 shared embeddings, as in the checkpoint (a T5 built from a config ties them). ``Blip2T5`` is

@@ -26,8 +26,8 @@ from .qformer import QFormer
 class Blip2T5Output:
     loss: torch.Tensor | None  # mean cross-entropy over label tokens (-100 ignored)
     logits: torch.Tensor  # (B, T_out, V)
-    query_output: torch.Tensor  # (B, Q, D) Q-Former outputs
-    language_model_inputs: torch.Tensor  # (B, Q, d_model) the projected queries
+    query_output: torch.Tensor | None  # (B, Q, D) Q-Former outputs (None for another connector)
+    language_model_inputs: torch.Tensor  # (B, M, d_model) the soft prompt: the projected queries
 
 
 FP16_T5_MESSAGE = (
@@ -45,66 +45,53 @@ def check_language_model_precision(language_model: nn.Module) -> None:
         raise ValueError(f"{FP16_T5_MESSAGE}; float16 found in {half[0]} and {len(half) - 1} more")
 
 
-class Blip2T5(nn.Module):
-    """BLIP-2 with an encoder-decoder language model (T5 / Flan-T5).
+class PrefixT5(nn.Module):
+    """A frozen image encoder and a frozen encoder-decoder language model (T5 / Flan-T5),
+    joined by a trainable part that turns image features into a soft prompt: vectors in
+    T5's input-embedding space, put in front of the prompt's embeddings and read by the T5
+    *encoder* (``image_prefix``). BLIP-2's part is the Q-Former and a projection
+    (``Blip2T5``); ``connectors.ConnectorT5`` takes any other connector.
 
     ``vision_encoder`` maps pixels to image features (B, N, C), its final LayerNorm
     (LAVIS's ``ln_vision``, HF's ``post_layernorm``) included; it may return a tensor or an
-    object with ``last_hidden_state``.
-
-    What trains: the Q-Former (its query tokens included) and the projection. The whole
-    vision encoder, that last LayerNorm included, and the language model are frozen and
-    kept in eval mode; so the encoder's features can be computed once and reused
-    (``image_embeds``), as the miniature does. LAVIS freezes a little less: ``freeze_vit``
-    freezes ``visual_encoder`` only, and ``ln_vision`` is a LayerNorm outside it, so it
-    trains in stage 2 as in stage 1; its COCO-caption fine-tune (``caption_coco_flant5xl``)
-    also unfreezes the ViT itself, run in float32 at 364 pixels. ``Blip2T5`` does neither.
+    object with ``last_hidden_state``. The vision encoder and the language model are frozen
+    and kept in eval mode; so the encoder's features can be computed once and reused
+    (``image_embeds``), as the miniature does.
     """
 
-    def __init__(self, vision_encoder: nn.Module, qformer: QFormer, language_model: nn.Module):
+    def __init__(self, vision_encoder: nn.Module, language_model: nn.Module):
         super().__init__()
-        if qformer.embeddings is not None or any(layer.text_ffn is not None for layer in qformer.layers):
-            raise ValueError("Blip2T5 uses a query-only Q-Former (use_qformer_text_input=False), as stage 2 does")
         if not getattr(language_model.config, "is_encoder_decoder", False):
             raise ValueError(
-                f"Blip2T5 needs an encoder-decoder language model (T5), got {type(language_model).__name__}"
+                f"{type(self).__name__} needs an encoder-decoder language model (T5), got {type(language_model).__name__}"
             )
         check_language_model_precision(language_model)
         self.vision_encoder = vision_encoder
-        self.qformer = qformer
-        self.language_projection = nn.Linear(qformer.config.hidden_size, language_model.config.d_model)
         self.language_model = language_model
         for module in (self.vision_encoder, self.language_model):
             module.requires_grad_(False)
             module.eval()
 
-    def train(self, mode: bool = True) -> "Blip2T5":
+    def train(self, mode: bool = True) -> "PrefixT5":
         super().train(mode)
         self.vision_encoder.eval()  # frozen parts never switch on dropout
         self.language_model.eval()
         return self
 
-    @property
-    def num_query_tokens(self) -> int:
-        return self.qformer.config.num_query_tokens
-
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.vision_encoder(pixel_values)
         return getattr(out, "last_hidden_state", out)  # (B, N, C)
 
-    def image_prefix(self, pixel_values: torch.Tensor | None, output_attentions: bool = False, image_embeds=None):
-        """The soft prompt: Q-Former query outputs (B, Q, D) projected to (B, Q, d_model).
-
-        ``image_embeds`` (B, N, C), the frozen encoder's output computed beforehand, may be
-        given instead of ``pixel_values``: the encoder is frozen, so its features can be cached.
-        """
+    def image_features(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """The frozen encoder's features (B, N, C): ``image_embeds`` as given, or computed from
+        ``pixel_values`` (exactly one of the two)."""
         if (pixel_values is None) == (image_embeds is None):
             raise ValueError("give either pixel_values (B, 3, H, W) or image_embeds (B, N, C), not both or neither")
-        if image_embeds is None:
-            image_embeds = self.encode_image(pixel_values)  # (B, N, C)
-        out = self.qformer(image_embeds, output_attentions=output_attentions)  # the Q-Former runs in fp32
-        prefix = self.language_projection(out.query_output.to(self.language_projection.weight.dtype))
-        return prefix, out  # (B, Q, d_model)
+        return self.encode_image(pixel_values) if image_embeds is None else image_embeds
+
+    def image_prefix(self, pixel_values, output_attentions: bool = False, image_embeds=None):
+        """(soft prompt (B, M, d_model), what the trainable part returned besides, or None)."""
+        raise NotImplementedError
 
     def _encoder_inputs(self, prefix, input_ids, attention_mask):
         embed = self.language_model.get_input_embeddings()
@@ -122,9 +109,9 @@ class Blip2T5(nn.Module):
                 f"got {tuple(attention_mask.shape)}"
             )
         prompt = embed(input_ids)  # (B, T, d_model)
-        inputs_embeds = torch.cat([prefix.to(prompt.dtype), prompt], dim=1)  # (B, Q + T, d_model), queries first
+        inputs_embeds = torch.cat([prefix.to(prompt.dtype), prompt], dim=1)  # (B, M + T, d_model), the soft prompt first
         mask = torch.cat([torch.ones(prefix.shape[:2], dtype=attention_mask.dtype, device=prefix.device),
-                          attention_mask], dim=1)  # (B, Q + T)
+                          attention_mask], dim=1)  # (B, M + T)
         return inputs_embeds, mask
 
     def forward(
@@ -137,7 +124,7 @@ class Blip2T5(nn.Module):
         padding at -100. T5 shifts the labels right to make its decoder inputs. Without
         labels or ``decoder_input_ids``, the logits are those of the decoder's first step.
         ``image_embeds`` may replace ``pixel_values`` (see ``image_prefix``)."""
-        prefix, q_out = self.image_prefix(pixel_values, image_embeds=image_embeds)
+        prefix, extra = self.image_prefix(pixel_values, image_embeds=image_embeds)
         inputs_embeds, mask = self._encoder_inputs(prefix, input_ids, attention_mask)
         if labels is None and decoder_input_ids is None:
             start = self.language_model.config.decoder_start_token_id
@@ -145,7 +132,7 @@ class Blip2T5(nn.Module):
         out = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=mask, labels=labels, decoder_input_ids=decoder_input_ids
         )
-        return Blip2T5Output(out.loss, out.logits, q_out.query_output, prefix)
+        return Blip2T5Output(out.loss, out.logits, getattr(extra, "query_output", None), prefix)
 
     @torch.no_grad()
     def generate(
@@ -161,3 +148,38 @@ class Blip2T5(nn.Module):
         prefix, _ = self.image_prefix(pixel_values, image_embeds=image_embeds)
         inputs_embeds, mask = self._encoder_inputs(prefix, input_ids, attention_mask)
         return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, **generate_kwargs)
+
+
+class Blip2T5(PrefixT5):
+    """BLIP-2 with an encoder-decoder language model (T5 / Flan-T5).
+
+    What trains: the Q-Former (its query tokens included) and the projection. The whole
+    vision encoder, that last LayerNorm included, and the language model are frozen (see
+    ``PrefixT5``). LAVIS freezes a little less: ``freeze_vit`` freezes ``visual_encoder``
+    only, and ``ln_vision`` is a LayerNorm outside it, so it trains in stage 2 as in stage 1;
+    its COCO-caption fine-tune (``caption_coco_flant5xl``) also unfreezes the ViT itself, run
+    in float32 at 364 pixels. ``Blip2T5`` does neither.
+    """
+
+    def __init__(self, vision_encoder: nn.Module, qformer: QFormer, language_model: nn.Module):
+        if qformer.embeddings is not None or any(layer.text_ffn is not None for layer in qformer.layers):
+            raise ValueError("Blip2T5 uses a query-only Q-Former (use_qformer_text_input=False), as stage 2 does")
+        super().__init__(vision_encoder, language_model)
+        self.qformer = qformer
+        self.language_projection = nn.Linear(qformer.config.hidden_size, language_model.config.d_model)
+
+    @property
+    def num_query_tokens(self) -> int:
+        return self.qformer.config.num_query_tokens
+
+    def image_prefix(self, pixel_values: torch.Tensor | None, output_attentions: bool = False, image_embeds=None):
+        """The soft prompt: Q-Former query outputs (B, Q, D) projected to (B, Q, d_model), and
+        the Q-Former's output.
+
+        ``image_embeds`` (B, N, C), the frozen encoder's output computed beforehand, may be
+        given instead of ``pixel_values``: the encoder is frozen, so its features can be cached.
+        """
+        image_embeds = self.image_features(pixel_values, image_embeds)  # (B, N, C)
+        out = self.qformer(image_embeds, output_attentions=output_attentions)  # the Q-Former runs in fp32
+        prefix = self.language_projection(out.query_output.to(self.language_projection.weight.dtype))
+        return prefix, out  # (B, Q, d_model)

@@ -667,8 +667,10 @@ def recall_bars(values: Mapping[str, float], title: str = "Held-out image->text 
 
 def hard_negatives(images, captions: Sequence[str], sim, neg_image, rows: int = 4):
     """For the first ``rows`` texts of one batch: the matching image, then the negative image
-    drawn for that text, with the probability it had of being drawn (a softmax of ``sim``,
-    (images, texts), over the other images)."""
+    drawn for that text, with the probability it had of being drawn: a softmax of ``sim``
+    (images, texts; divided by the temperature already) over the other images. LAVIS 1.0.2
+    adds 1e-4 to each weight before the draw (``losses.negative_weights``), a change the two
+    decimals shown do not see."""
     sim = _to_numpy(sim)
     fig, axes = plt.subplots(rows, 2, figsize=(5.4, 2.4 * rows), squeeze=False)
     for r in range(rows):

@@ -1,6 +1,6 @@
 """``qformer-lite``: train BLIP-2 in miniature, or caption images with a trained checkpoint.
 
-    qformer-lite train --output runs/mini        # every stage, about three minutes on 2 cores
+    qformer-lite train --output runs/mini        # every stage, each read from the cache if there
     qformer-lite caption a.png b.png --checkpoint runs/mini
 """
 

@@ -1,7 +1,8 @@
-"""Every setting of one miniature run, in one place.
+"""The settings of one miniature run, held by one object.
 
 ``MiniatureConfig`` holds the data, the two stand-ins (image encoder, T5), the Q-Former and
-both training stages; each training holds its optimiser settings in one ``OptimConfig``.
+both training stages (``DataConfig`` is defined beside the data, ``OptimConfig`` beside
+the training loop); each training holds its optimiser settings in one ``OptimConfig``.
 ``MiniatureConfig.default()`` is what ``qformer-lite train`` runs, ``MiniatureConfig.quick()``
 a seconds-long version for tests.
 """
@@ -148,7 +149,7 @@ class MiniatureConfig(JsonConfig):
 
     @classmethod
     def default(cls, **overrides) -> "MiniatureConfig":
-        """What ``qformer-lite train`` runs: about three minutes on two CPU cores."""
+        """What ``qformer-lite train`` and the chapters run."""
         return cls(**overrides)
 
     @classmethod
