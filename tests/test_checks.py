@@ -887,3 +887,14 @@ def test_every_checker_is_tested_with_a_right_and_a_wrong_answer():
         if name.startswith("check_"):
             assert re.search(rf"(run|says)\(capsys, checks\.{name}\b", source), f"no answer of {name} passes here"
             assert re.search(rf"(fails_with|says)\(capsys, checks\.{name}\b", source), f"no mistake is shown to {name}"
+
+
+def test_a_checker_leaves_the_learners_random_state_alone(capsys):
+    from qformer_lite.attention import attention_from_scratch
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    checks.check_attention(lambda q, k, v, mask=None: attention_from_scratch(q, k, v, mask)[0])
+    capsys.readouterr()
+    assert torch.equal(torch.rand(3), expected)

@@ -13,6 +13,7 @@ the library fails the build instead of printing a hint nobody reads.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -95,6 +96,18 @@ class CheckResult:
 
 
 STRICT_ENV = "QFORMER_LITE_STRICT_CHECKS"
+
+
+def _keeps_random_state(checker: Callable) -> Callable:
+    """Run ``checker`` on a fork of PyTorch's global generator: its random inputs are the same
+    on every call, and the learner's next cells draw what they would have drawn without it."""
+
+    @functools.wraps(checker)
+    def run(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return checker(*args, **kwargs)
+
+    return run
 
 
 def _say(ok: bool, message: str) -> CheckResult:
@@ -300,6 +313,7 @@ class _Answers(Mapping):
 ANSWERS: Mapping[str, tuple[Any, str]] = _Answers(_ANSWERS)
 
 
+@_keeps_random_state
 def check_answer(key: str, value: Any, answers: Mapping[str, tuple[Any, str]] | None = None) -> CheckResult:
     """Compare a short answer (a number, a bool or a word) with the book's (``answers``:
     key -> (expected, hint); by default the chapters' ``ANSWERS``).
@@ -345,6 +359,7 @@ def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
+@_keeps_random_state
 def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
     """``cls(num_queries, hidden_size)`` must build a module whose only parameter is a (1, Q, D)
     tensor drawn from N(0, 0.02²), and whose ``forward(batch)`` returns it for the batch as a
@@ -395,6 +410,7 @@ def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
     return _say(True, "one (1, Q, D) parameter, N(0, 0.02²), shared by the batch as a view (no copy).")
 
 
+@_keeps_random_state
 def check_equivariance_test(fn: Callable) -> CheckResult:
     """``fn(f, x, perm)`` must return True when ``f(x[:, perm])`` equals ``f(x)[:, perm]``."""
     name = getattr(fn, "__name__", "your function")
@@ -460,6 +476,7 @@ def _attention_output(name: str, got, expected: torch.Tensor, num_keys: int):
     return _same_shape(name, got, expected, "(B, H, L_q, d)"), got
 
 
+@_keeps_random_state
 def check_attention(fn: Callable) -> CheckResult:
     """``fn(q, k, v, mask=None)`` must equal softmax(q kᵀ / √d) v, with a bool mask (True = may attend).
     It may return the output alone or (output, probabilities)."""
@@ -517,6 +534,7 @@ def check_attention(fn: Callable) -> CheckResult:
     return _say(True, "scaled dot-product attention, with and without a mask.")
 
 
+@_keeps_random_state
 def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> CheckResult:
     """``split(x, h)``: (B, L, h·d) -> (B, h, L, d); ``merge(x)``: back to (B, L, h·d).
     Tried with ``num_heads`` heads and with half as many."""
@@ -559,6 +577,7 @@ _by_hand = _refuse("calls the module itself. Hint: compute it from attn.query, a
                    "yourself; attn(...) is what your function should reproduce.")
 
 
+@_keeps_random_state
 def check_cross_attention(fn: Callable) -> CheckResult:
     """``fn(queries, image, attn)`` must compute ``attn``'s cross-attention by hand: queries
     (B, Q, D) read image tokens (B, N, C) through ``attn.query``, ``attn.key``, ``attn.value``."""
@@ -628,6 +647,7 @@ def _query_side(attn: MultiHeadAttention, queries: torch.Tensor, image: torch.Te
     return out + attn.value.bias if value_bias else out
 
 
+@_keeps_random_state
 def check_query_side_attention(fn: Callable) -> CheckResult:
     """``fn(queries, image, attn)`` must compute ``attn``'s cross-attention from the query side:
     queries (B, Q, D), image tokens (B, N, C), the scores as (q W_k) xᵀ, W_v and its bias after
@@ -692,6 +712,7 @@ def check_query_side_attention(fn: Callable) -> CheckResult:
 
 # --- chapter 4 -------------------------------------------------------------------------------
 
+@_keeps_random_state
 def check_cross_layers(fn: Callable) -> CheckResult:
     """``fn(num_layers, frequency)`` must list the layers that hold cross-attention."""
     name = getattr(fn, "__name__", "your function")
@@ -718,6 +739,7 @@ def check_cross_layers(fn: Callable) -> CheckResult:
     return _say(True, "cross-attention in layers 0, f, 2f, ...: six of BLIP-2's twelve.")
 
 
+@_keeps_random_state
 def check_add_norm(fn: Callable) -> CheckResult:
     """``fn(x, residual, dense, layer_norm)`` must be BERT's post-LN step (dropout left out)."""
     name = getattr(fn, "__name__", "your function")
@@ -796,6 +818,7 @@ _QUERY_PATH_MISTAKES = [
 ]
 
 
+@_keeps_random_state
 def check_query_path_params(fn: Callable) -> CheckResult:
     """``fn(config)`` must count the query path: the embedding LayerNorm and, in every layer,
     self-attention, the query FFN and (where present) cross-attention. No text parts, no queries."""
@@ -891,6 +914,7 @@ def _bool_mask(name: str, got, expected: torch.Tensor, what: str, label: str):
     return None
 
 
+@_keeps_random_state
 def check_mask(fn: Callable) -> CheckResult:
     """``fn(mode, num_queries, text_mask)`` must return the bool (B, Q+T, Q+T) mask of the mode
     (True = may attend), with padded text columns closed."""
@@ -920,6 +944,7 @@ def check_mask(fn: Callable) -> CheckResult:
     return _say(True, "ITC, ITM and ITG masks, with padding, equal qformer_lite.build_attention_mask.")
 
 
+@_keeps_random_state
 def check_cached_itg_mask(fn: Callable) -> CheckResult:
     """``fn(num_queries, text_mask)`` must return the bool (B, T, Q+T) mask of LAVIS's cached ITG
     pass: only the text rows, with the cached queries as the first Q columns."""
@@ -946,6 +971,7 @@ def _random_sim(b: int = 6, seed: int = 0) -> torch.Tensor:
     return torch.rand(b, b, generator=gen) * 2 - 1  # cosines in [-1, 1]
 
 
+@_keeps_random_state
 def check_itc_loss(fn: Callable) -> CheckResult:
     """``fn(sim_i2t, temp)`` -> the symmetric ITC loss with label smoothing 0.1 (a scalar)."""
     ce = torch.nn.functional.cross_entropy
@@ -980,6 +1006,7 @@ def check_itc_loss(fn: Callable) -> CheckResult:
     return _say(True, "the symmetric ITC loss, with temperature and label smoothing, as in LAVIS.")
 
 
+@_keeps_random_state
 def check_negative_weights(fn: Callable) -> CheckResult:
     """``fn(sim_i2t, temp)`` -> (B, B) probabilities of drawing each text as the negative of each
     image, as LAVIS 1.0.2 draws them: softmax of sim / temp over the row, plus 1e-4, the positive
@@ -1029,6 +1056,7 @@ def check_negative_weights(fn: Callable) -> CheckResult:
 
 # --- chapter 7 -------------------------------------------------------------------------------
 
+@_keeps_random_state
 def check_encoder_inputs(fn: Callable) -> CheckResult:
     """``fn(prefix, prompt_embeds, prompt_mask)`` -> (inputs_embeds, attention_mask): the projected
     queries first, then the prompt; ones for the queries in front of the prompt's mask."""
@@ -1058,6 +1086,7 @@ def check_encoder_inputs(fn: Callable) -> CheckResult:
     return _say(True, "queries first, then the prompt; the mask opens every query.")
 
 
+@_keeps_random_state
 def check_labels(fn: Callable) -> CheckResult:
     """``fn(ids, mask)`` -> T5 labels: the ids, with -100 wherever the mask is 0."""
     ids = torch.tensor([[7, 8, 9, 1, 0], [7, 9, 1, 0, 0]])
@@ -1079,6 +1108,7 @@ def check_labels(fn: Callable) -> CheckResult:
 
 # --- chapter 8 -------------------------------------------------------------------------------
 
+@_keeps_random_state
 def check_placeholder_ids(fn: Callable) -> CheckResult:
     """``fn(prompt_ids, prompt_mask, num_queries, image_token_id)`` must return HuggingFace's
     ``input_ids`` and ``attention_mask``: the image placeholders in front of the prompt."""
@@ -1108,6 +1138,7 @@ def check_placeholder_ids(fn: Callable) -> CheckResult:
     return _say(True, "num_queries placeholders in front of the prompt: HF scatters the projected queries into them.")
 
 
+@_keeps_random_state
 def check_precision_guard(fn: Callable) -> CheckResult:
     """``fn(language_model)`` must be False exactly when a feed-forward output layer
     (``*.wo.weight``) is float16."""
