@@ -69,6 +69,7 @@ def test_the_resampler_is_flamingos_written_out():
 
 
 def test_the_resampler_loads_flamingo_pytorch_weights():
+    """Optional: ``pip install flamingo-pytorch==0.1.2 einops-exts==0.0.4`` into .venv to run it."""
     flamingo = pytest.importorskip("flamingo_pytorch", reason="flamingo-pytorch is not installed")
     torch.manual_seed(0)
     theirs = flamingo.PerceiverResampler(dim=C, depth=2, dim_head=16, heads=4, num_latents=8, num_media_embeds=1)
