@@ -31,6 +31,7 @@ from .. import losses
 from ..attention import MultiHeadAttention, attention_from_scratch, cross_attention_form
 from ..config import QFormerConfig
 from ..masks import MODES, build_attention_mask
+from ..queries import vit_tokens
 
 __all__ = [
     # every chapter
@@ -222,7 +223,7 @@ def _plain(value: Any) -> Any:
 _ANSWERS: dict[str, tuple[Any, str]] = {
     # chapter 1
     "images_in_2048_all_tokens": (
-        2048 // ((364 // 14) ** 2 + 1),
+        2048 // vit_tokens(364),
         "ViT-g/14 cuts a 364-px image into (364 // 14)² patches of 14 px and adds one [CLS] "
         "token; only whole images fit: 2048 // (tokens per image).",
     ),
