@@ -898,3 +898,52 @@ def test_a_checker_leaves_the_learners_random_state_alone(capsys):
     checks.check_attention(lambda q, k, v, mask=None: attention_from_scratch(q, k, v, mask)[0])
     capsys.readouterr()
     assert torch.equal(torch.rand(3), expected)
+
+
+# --- chapter 9 -------------------------------------------------------------------------------
+
+def _pool(image_embeds, side, order="b c h w -> b (h w) c", skip_cls=True):
+    patches = image_embeds[:, 1:] if skip_cls else image_embeds[:, :-1]
+    grid = rearrange(patches, "b (h w) c -> b c h w", h=math.isqrt(patches.shape[1]))
+    return rearrange(F.adaptive_avg_pool2d(grid, side), order)
+
+
+def test_pooled_tokens_pass_and_each_mistake_gets_its_hint(capsys):
+    assert run(capsys, checks.check_pooled_tokens, _pool)[0]
+    fails_with(capsys, checks.check_pooled_tokens, lambda x, s: _pool(x, s, skip_cls=False), words="[CLS]")
+    fails_with(capsys, checks.check_pooled_tokens, lambda x, s: _pool(x, s, "b c h w -> b (w h) c"),
+               words="row by row")
+    fails_with(capsys, checks.check_pooled_tokens, lambda x, s: _pool(x, s)[:, :4], words="(B, side², C)")
+    fails_with(capsys, checks.check_pooled_tokens, lambda x, s: _pool(x, s) * 2, words="channels first")
+
+
+def _perceiver(attn, x, latents, keys="both", scale=True, norm=True):
+    if norm:
+        x, latents = attn.norm_media(x), attn.norm_latents(latents)
+    q = rearrange(attn.to_q(latents), "b m (h d) -> b h m d", h=attn.heads)
+    source = torch.cat([x, latents], dim=1) if keys == "both" else x
+    k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in attn.to_kv(source).chunk(2, dim=-1))
+    scores = q @ k.transpose(-2, -1) * (attn.scale if scale else 1.0)
+    return attn.to_out(rearrange(scores.softmax(dim=-1) @ v, "b h m d -> b m (h d)"))
+
+
+def test_perceiver_attention_passes_and_each_mistake_gets_its_hint(capsys):
+    assert run(capsys, checks.check_perceiver_attention, _perceiver)[0]
+    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: _perceiver(a, x, lat, keys="image"),
+               words="image alone")
+    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: _perceiver(a, x, lat, scale=False),
+               words="not scaled")
+    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: _perceiver(a, x, lat, norm=False),
+               words="not normalised")
+    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: lat, words="differs")
+    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: x, words="(B, M, C)")
+
+
+def test_the_chapter_9_answers_follow_the_library():
+    from qformer_lite.miniature.compare import connector_world, t5_encoder_macs
+    from qformer_lite.miniature.standins import CaptionTokenizer, build_t5
+
+    world = connector_world()
+    t5 = build_t5(world.language, CaptionTokenizer())
+    assert checks.ANSWERS["linear_prompt_length"][0] == world.vision.num_patches + 1
+    assert checks.ANSWERS["t5_encoder_macs_pooled_16"][0] == t5_encoder_macs(t5.config, 17)

@@ -307,6 +307,23 @@ def test_captioned_images_wraps_each_caption_under_its_image():
     assert fig.axes[0].images[0].get_interpolation() == "antialiased" and fig._suptitle.get_text() == "one"
 
 
+def test_connector_tradeoff_draws_a_line_per_kind_and_a_point_for_a_single_m():
+    rows = [{"kind": "linear", "M": 64, "exact_match": 0.9, "slot_accuracy": 0.95, "t5_encoder_ms": 3.0}]
+    rows += [{"kind": "pooled", "M": m, "exact_match": e, "slot_accuracy": e + 0.02, "t5_encoder_ms": m / 30}
+             for m, e in ((16, 0.8), (4, 0.5), (36, 0.9))]
+    fig = plotting.connector_tradeoff(rows)
+    accuracy, cost = fig.axes
+    lines = {line.get_label(): line for line in accuracy.get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {"linear", "pooled"}
+    assert list(lines["pooled"].get_xdata()) == [4, 16, 36]  # sorted by M
+    assert list(lines["pooled"].get_ydata()) == pytest.approx([0.52, 0.82, 0.92])  # slot accuracy, solid
+    exact = [line for line in accuracy.get_lines() if line.get_linestyle() == "--"]
+    assert [list(line.get_ydata()) for line in exact] == [[0.9], [0.5, 0.8, 0.9]]
+    assert lines["pooled"].get_color() == plotting.CONNECTOR_COLORS["pooled"]
+    assert [list(line.get_ydata()) for line in cost.get_lines()][0] == [3.0]
+    assert fig.get_size_inches()[0] == pytest.approx(plotting.PAGE_WIDTH)
+
+
 def test_the_module_lists_its_figures_chapter_by_chapter():
     source = inspect.getsource(plotting)
     defined = [name for name, value in vars(plotting).items()
@@ -315,5 +332,5 @@ def test_the_module_lists_its_figures_chapter_by_chapter():
     assert sorted(plotting.__all__) == sorted(defined)  # every public name, and nothing imported
     figures = [name for name in plotting.__all__ if inspect.isfunction(getattr(plotting, name))]
     assert figures == sorted(figures, key=lambda name: source.index(f"\ndef {name}("))  # book order
-    assert re.findall(r"^# --- chapter (\d)", source, flags=re.MULTILINE) == [str(c) for c in range(1, 9)]
+    assert re.findall(r"^# --- chapter (\d)", source, flags=re.MULTILINE) == [str(c) for c in range(1, 10)]
     assert not [name for name in figures if name.startswith("plot_")]  # figures are named as nouns

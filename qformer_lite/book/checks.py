@@ -69,6 +69,9 @@ __all__ = [
     # chapter 8
     "check_placeholder_ids",
     "check_precision_guard",
+    # chapter 9
+    "check_pooled_tokens",
+    "check_perceiver_attention",
 ]
 
 PASS = "✓ Correct"
@@ -287,7 +290,26 @@ _ANSWERS: dict[str, tuple[Any, str]] = {
         lambda m: m.qformer.hidden_size * m.language.d_model + m.language.d_model,
         "One Linear from the Q-Former's width to T5's d_model, with a bias.",
     ),
+    # chapter 9 (its world: 48-px images in 6-px patches, the miniature's T5)
+    "linear_prompt_length": (
+        64 + 1,
+        "LLaVA's projection maps every patch token, [CLS] left out: (48 // 6)² of them, "
+        "then the empty prompt's </s>.",
+    ),
+    "t5_encoder_macs_pooled_16": (
+        lambda m: _t5_encoder_macs(m, 16 + 1),
+        "Per layer and position: q, k, v and o are d_model x (heads x d_kv) each; the scores and "
+        "their weighted sum are length x heads x d_kv each; the gated FFN is three d_model x d_ff "
+        "maps. Count 16 + 1 positions, two layers.",
+    ),
 }
+
+
+def _t5_encoder_macs(m, length: int) -> int:
+    lang = m.language
+    inner = lang.num_heads * lang.d_kv
+    per_layer = 4 * length * lang.d_model * inner + 2 * length * length * inner + 3 * length * lang.d_model * lang.d_ff
+    return lang.num_layers * per_layer
 
 
 class _Answers(Mapping):
@@ -1173,3 +1195,86 @@ def check_precision_guard(fn: Callable) -> CheckResult:
                     if expected else "look at every parameter whose name ends in '.wo.weight'")
             return _say(False, f"{name}(T5 in {label}) = {got}; expected {expected}. Hint: {hint}.")
     return _say(True, "float16 is refused only where it overflows: in T5's feed-forward outputs.")
+
+
+# --- chapter 9 -------------------------------------------------------------------------------
+
+@_keeps_random_state
+def check_pooled_tokens(fn: Callable) -> CheckResult:
+    """``fn(image_embeds, side)`` -> (B, side², C): the patch tokens ([CLS] left out) as their
+    square grid, average-pooled to ``side`` x ``side`` cells (``F.adaptive_avg_pool2d``), row
+    by row, as DeCo's connector does before its MLP."""
+    import torch.nn.functional as F
+
+    name = getattr(fn, "__name__", "your function")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1 + 36, 5, generator=gen)  # (B, 1 + 6 x 6, C)
+    grid = rearrange(x[:, 1:], "b (h w) c -> b c h w", h=6)
+    expected = rearrange(F.adaptive_avg_pool2d(grid, 3), "b c h w -> b (h w) c")  # (B, 9, C)
+    failed, got = _call(name, fn, x.clone(), 3)
+    if failed is not None:
+        return failed
+    bad = _same_shape(name, got, expected, "(B, side², C)")
+    if bad is not None:
+        return bad
+    with_cls = rearrange(F.adaptive_avg_pool2d(rearrange(x[:, :36], "b (h w) c -> b c h w", h=6), 3),
+                         "b c h w -> b (h w) c")
+    if torch.allclose(got, with_cls, atol=1e-5):
+        return _say(False, "the grid starts at [CLS]. Hint: drop image_embeds[:, 0] first; the 36 patches follow it.")
+    by_columns = rearrange(F.adaptive_avg_pool2d(grid, 3), "b c h w -> b (w h) c")
+    if torch.allclose(got, by_columns, atol=1e-5):
+        return _say(False, "the cells come column by column. Hint: flatten the pooled grid row by row, "
+                           "'b c h w -> b (h w) c', as the patches are numbered.")
+    if not torch.allclose(got, expected, atol=1e-5):
+        return _say(False, "the values differ from F.adaptive_avg_pool2d of the (B, C, 6, 6) patch grid. Hint: "
+                           "put the channels first before pooling, 'b (h w) c -> b c h w'.")
+    return _say(True, "36 patches in, 9 averaged cells out, in reading order: DeCo's compression, with no parameters.")
+
+
+@_keeps_random_state
+def check_perceiver_attention(fn: Callable) -> CheckResult:
+    """``fn(attn, x, latents)`` -> (B, M, C): Flamingo's resampler attention written out with
+    the layers of ``attn`` (a ``connectors.PerceiverAttention``): both inputs normalised, the
+    queries from the latents, the keys and values from [x; latents]."""
+    from ..connectors import PerceiverAttention
+
+    name = getattr(fn, "__name__", "your function")
+    gen = torch.Generator().manual_seed(0)
+    attn = PerceiverAttention(width=8, heads=2, head_dim=4)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    x, latents = torch.randn(2, 6, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    with torch.no_grad():
+        expected = attn(x, latents)
+        failed, got = _call(name, fn, attn, x.clone(), latents.clone())
+    if failed is not None:
+        return failed
+    bad = _same_shape(name, got, expected, "(B, M, C): one vector per latent")
+    if bad is not None:
+        return bad
+    if torch.allclose(got, expected, atol=1e-5):
+        return _say(True, "the latents read the image and each other in one softmax: Flamingo's resampler step.")
+
+    def variant(keys_of, scale=attn.scale, norm=True):
+        xs, ls = (attn.norm_media(x), attn.norm_latents(latents)) if norm else (x, latents)
+        q = rearrange(attn.to_q(ls), "b m (h d) -> b h m d", h=attn.heads)
+        k, v = attn.to_kv(keys_of(xs, ls)).chunk(2, dim=-1)
+        k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in (k, v))
+        probs = (q @ k.transpose(-2, -1) * scale).softmax(dim=-1)
+        return attn.to_out(rearrange(probs @ v, "b h m d -> b m (h d)"))
+
+    with torch.no_grad():
+        image_only = variant(lambda xs, ls: xs)
+        unscaled = variant(lambda xs, ls: torch.cat([xs, ls], dim=1), scale=1.0)
+        unnormed = variant(lambda xs, ls: torch.cat([xs, ls], dim=1), norm=False)
+    if torch.allclose(got, image_only, atol=1e-5):
+        return _say(False, "the keys and values come from the image alone. Hint: Flamingo's latents are keys "
+                           "and values too: to_kv(torch.cat([x, latents], dim=1)).")
+    if torch.allclose(got, unscaled, atol=1e-5):
+        return _say(False, "the scores are not scaled. Hint: multiply q @ k^T by attn.scale, head_dim ** -0.5.")
+    if torch.allclose(got, unnormed, atol=1e-5):
+        return _say(False, "the inputs are not normalised. Hint: attn.norm_media(x) and attn.norm_latents(latents) "
+                           "come first.")
+    return _say(False, "the output differs from PerceiverAttention's. Hint: queries from the normalised latents, "
+                       "keys and values from [x; latents], heads split as 'b n (h d) -> b h n d', to_out last.")

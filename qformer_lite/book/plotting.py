@@ -29,6 +29,9 @@ HIDDEN_COLOR = "#f2f2f2"
 TOTAL_COLOR = "#333333"  # a sum of losses
 RIGHT_COLOR, WRONG_COLOR = "#1a7f37", "#cf222e"  # a caption equal to the true one, or not
 LOSS_COLORS = {"loss": TOTAL_COLOR, "itc": QUERY_COLOR, "itm": IMAGE_COLOR, "itg": TEXT_COLOR}
+# chapter 9: BLIP-2's connector in the queries' blue, the others in colours of their own
+CONNECTOR_COLORS = {"linear": "#8c564b", "mlp": "#e377c2", "pooled": IMAGE_COLOR, "resampler": "#9467bd",
+                    "qformer": "#17becf", "qformer+stage1": QUERY_COLOR}
 # inches: the book's content column is about 800 px, and matplotlib draws 100 px per inch
 PAGE_WIDTH = 7.8
 
@@ -73,6 +76,9 @@ __all__ = [
     "stage2_losses",
     # chapter 8
     "captioned_images",
+    # chapter 9
+    "CONNECTOR_COLORS",
+    "connector_tradeoff",
 ]
 
 
@@ -729,4 +735,33 @@ def captioned_images(images, captions: Sequence[str], columns: int = 4, width: i
     if title:
         fig.suptitle(title)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.92 if title else 0.98, bottom=0.16, wspace=0.08, hspace=0.5)
+    return fig
+
+
+# --- chapter 9 -------------------------------------------------------------------------------
+
+def connector_tradeoff(rows: Sequence[Mapping], title: str = "Connectors on one task"):
+    """Two panels over M, the soft prompt's length: held-out accuracy (left; slot accuracy
+    solid, exact match dashed) and the T5 encoder's time per batch (right). ``rows`` as
+    ``miniature.compare.compare`` returns them; a kind with several M is a line, one with a
+    single M a point."""
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.4))
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    for kind in kinds:
+        mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["M"])
+        ms = [r["M"] for r in mine]
+        colour = CONNECTOR_COLORS.get(kind, TOTAL_COLOR)
+        axes[0].plot(ms, [r["slot_accuracy"] for r in mine], color=colour, marker="o", label=kind)
+        axes[0].plot(ms, [r["exact_match"] for r in mine], color=colour, marker="x", ls="--")
+        axes[1].plot(ms, [r["t5_encoder_ms"] for r in mine], color=colour, marker="o", label=kind)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("M, vectors in the soft prompt (log scale)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out: slots (—), exact (--)")
+    axes[0].set_ylim(0, 1.02)
+    axes[1].set_ylabel("T5 encoder, ms per batch")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
     return fig

@@ -26,9 +26,11 @@ FORMAT_VERSION = 2  # bump when the meaning of a cached entry changes
 # What decides each cached part: the fields of MiniatureConfig it is built from.
 DEPENDS_ON = {
     "image-encoder": ("seed", "train_images", "data", "vision"),
-    "language-model": ("seed", "data", "language"),
+    # T5 reads the training split's captions, which only these two of the data's fields decide
+    "language-model": ("seed", "data.held_out_fraction", "data.split_seed", "language"),
     "stage1": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1"),
     "stage2": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2"),
+    "connector": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2"),
 }
 
 
@@ -45,9 +47,15 @@ def entry_for(kind: str, config, **extra) -> Path:
     """The folder of one part of a run (``kind``, a key of ``DEPENDS_ON``) made with ``config``
     (a ``MiniatureConfig``): ``kind-<hash of the fields it depends on and extra>``."""
     settings = config.to_dict()
-    spec = {name: settings[name] for name in DEPENDS_ON[kind]} | extra
+    spec = {name: _field(settings, name) for name in DEPENDS_ON[kind]} | extra
     blob = json.dumps({"format": FORMAT_VERSION, "kind": kind, **spec}, sort_keys=True, default=str)
     return cache_dir() / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _field(settings: dict, name: str):
+    for part in name.split("."):  # "data.split_seed" -> settings["data"]["split_seed"]
+        settings = settings[part]
+    return settings
 
 
 def save_module(module: nn.Module, folder: Path, name: str = "model") -> None:

@@ -37,6 +37,10 @@ class VisionConfig(JsonConfig):
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+    @property
+    def patches_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
 
 @dataclass
 class LanguageConfig(JsonConfig):
@@ -119,7 +123,7 @@ class MiniatureConfig(JsonConfig):
     qformer: QFormerConfig = field(default_factory=lambda: miniature_qformer(VisionConfig()))
     stage1: StageConfig = field(default_factory=lambda: StageConfig(OptimConfig(steps=400, lr=2e-3),
                                                                     related_fraction=0.5))
-    stage2: StageConfig = field(default_factory=lambda: StageConfig(OptimConfig(steps=1500, lr=3e-3)))
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(OptimConfig(steps=750, lr=3e-3)))
     num_beams: int = 5  # LAVIS's default for captions
     max_new_tokens: int = 12  # captions are at most 8 words + </s>
     rerank_k: int = 8  # ITC candidates re-ranked by ITM for recall@1 (LAVIS's k_test)
@@ -136,11 +140,10 @@ class MiniatureConfig(JsonConfig):
                 f"qformer.encoder_hidden_size must equal vision.embed_dim ({self.vision.embed_dim}), "
                 f"got {self.qformer.encoder_hidden_size}"
             )
-        if self.vision.image_size != self.data.image_size or self.vision.patch_size != self.data.cell_size:
+        if self.vision.image_size != self.data.image_size or self.vision.image_size % self.vision.patch_size:
             raise ValueError(
-                f"the encoder must see one cell per patch: vision.image_size/patch_size = "
-                f"{self.vision.image_size}/{self.vision.patch_size}, data image_size/cell_size = "
-                f"{self.data.image_size}/{self.data.cell_size}"
+                f"the encoder must see the data's whole image in whole patches: vision.image_size/patch_size = "
+                f"{self.vision.image_size}/{self.vision.patch_size}, data.image_size = {self.data.image_size}"
             )
         if self.train_images < self.stage1.optim.batch_size:
             raise ValueError(

@@ -4,9 +4,9 @@ BLIP-2 borrows a ViT that has already learned to see (EVA-CLIP) and an LLM that 
 knows language (Flan-T5). Ours learn in seconds:
 
 - The image encoder, a tiny timm ViT, learns with dense supervision: for every patch token,
-  what colour and what shape sits in that patch (or nothing), and which patch it is. Each
-  object fills one patch, so after this the patch tokens say *what sits where*, which is
-  exactly what the captions need; the Q-Former then only has to read it out. A randomly
+  what colour and what shape sits in the cell under that patch (or nothing), and which
+  patch it is. By default each object fills one patch (in chapter 9's world, several), so
+  after this the patch tokens say *what sits where*, which is exactly what the captions need; the Q-Former then only has to read it out. A randomly
   initialised encoder would leave the Q-Former to learn vision too, with far too little data
   and time.
 - The tokenizer is word-level, built locally with the ``tokenizers`` library from the caption
@@ -83,16 +83,19 @@ class PatchProbe(nn.Module):
         return self.colour(patch_tokens), self.shape(patch_tokens), self.place(patch_tokens)
 
 
-def patch_labels(scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per patch: colour index + 1 and shape index + 1, 0 where the patch is empty. (B, N) each."""
+def patch_labels(scenes: list[Scene], patches_per_side: int = GRID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch: colour index + 1 and shape index + 1 of the object in the cell that holds the
+    patch's centre, 0 where that cell is empty. (B, N) each, N = patches_per_side ** 2, row by
+    row. With one patch per cell (the default) a patch's cell is the patch itself."""
     colours, shapes = list(COLOURS), list(SHAPES)
-    colour = torch.zeros(len(scenes), GRID * GRID, dtype=torch.long)
-    shape = torch.zeros_like(colour)
+    cell = torch.zeros(len(scenes), GRID, GRID, 2, dtype=torch.long)
     for i, scene in enumerate(scenes):
         for o in scene.objects:
-            colour[i, o.row * GRID + o.col] = colours.index(o.colour) + 1
-            shape[i, o.row * GRID + o.col] = shapes.index(o.shape) + 1
-    return colour, shape
+            cell[i, o.row, o.col] = torch.tensor([colours.index(o.colour) + 1, shapes.index(o.shape) + 1])
+    of = ((torch.arange(patches_per_side) + 0.5) * GRID / patches_per_side).long()  # patch row -> cell row
+    grid = cell[:, of][:, :, of]  # (B, side, side, 2)
+    grid = grid.reshape(len(scenes), patches_per_side ** 2, 2)
+    return grid[..., 0], grid[..., 1]
 
 
 def probe_loss(probe: PatchProbe, patch_tokens, colour, shape) -> torch.Tensor:
@@ -111,7 +114,7 @@ def pretrain_image_encoder(
     """Train a fresh encoder on the dense patch labels of a pool of images; returns it frozen."""
     with seeded(seed):  # the only draws from the global generator; the caller's state is kept
         encoder, probe = ImageEncoder(config), PatchProbe(config)
-    colour, shape = patch_labels(pool.scenes)
+    colour, shape = patch_labels(pool.scenes, config.patches_per_side)
     gen = torch.Generator().manual_seed(seed)
 
     def step(_: int) -> dict[str, torch.Tensor]:
