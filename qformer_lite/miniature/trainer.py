@@ -58,10 +58,7 @@ def fit(
     entry is recorded. Returns the history, one list per name. ``callback(i)``, if given, runs
     after every ``callback_every`` steps and after the last (``i`` steps done).
     """
-    # fused: one kernel updates every parameter; with a small model's hundred-odd tensors,
-    # the per-tensor loop of the default costs a fair share of each step on a CPU
-    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay,
-                            fused=True)
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
     history: dict[str, list[float]] = {}
     bar = tqdm(range(optim.steps), desc=desc, disable=not progress, leave=False)
     for i in bar:
