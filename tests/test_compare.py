@@ -1,4 +1,4 @@
-"""Chapter 9's experiment: the 81-patch world, the connectors' line-up, the cost model, and
+"""Chapter 9's experiment: the 64-patch world, the connectors' line-up, the cost model, and
 ``compare`` end to end on a seconds-long configuration."""
 
 import pytest

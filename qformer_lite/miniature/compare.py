@@ -2,14 +2,14 @@
 
 The world is the miniature's, seen through a finer ViT (``connector_world``): the same 48-px
 images in 6-px patches, 64 patch tokens (and [CLS]) where chapter 6 has 9, enough for
-compressing them to matter. Every connector
-(``connectors``) sits between the same frozen encoder and the same frozen T5 and trains with
-the same steps, batches, learning rate and seed (``config.stage2``) on the same captions;
-the held-out split measures them all.
+compressing them to matter. Every connector (``connectors``) sits between the same frozen
+encoder and the same frozen T5 and trains with the same steps, batches, learning rate and
+seed (``config.stage2``) on the same captions; the held-out split measures them all.
 
 ``compare`` returns one row per connector: held-out exact match and slot accuracy (partial
-credit, ``slot_accuracy``), M (the soft prompt's length), trainable parameters, training seconds (as measured when it was trained, and
-cached with it), and the T5 encoder's multiply-adds and time per batch at that M.
+credit, ``slot_accuracy``), M (the soft prompt's length), trainable parameters, training
+seconds (as measured when it was trained, and cached with it), and the T5 encoder's
+multiply-adds and time per batch at that M.
 """
 
 from __future__ import annotations
