@@ -5,10 +5,10 @@ knows language (Flan-T5). Ours learn in seconds:
 
 - The image encoder, a tiny timm ViT, learns with dense supervision: for every patch token,
   what colour and what shape sits in the cell under that patch (or nothing), and which
-  patch it is. By default each object fills one patch (in chapter 9's world, several), so
-  after this the patch tokens say *what sits where*, which is exactly what the captions need; the Q-Former then only has to read it out. A randomly
-  initialised encoder would leave the Q-Former to learn vision too, with far too little data
-  and time.
+  patch it is. By default each object fills one patch (in ``compare.connector_world``,
+  several), so after this the patch tokens say *what sits where*, which is exactly what the
+  captions need; the Q-Former then only has to read it out. A randomly initialised encoder
+  would leave the Q-Former to learn vision too, with far too little data and time.
 - The tokenizer is word-level, built locally with the ``tokenizers`` library from the caption
   language's words; one vocabulary serves both models, with BERT-style framing for the
   Q-Former (``[CLS] words [SEP]``, and ``[DEC]`` for generation) and T5-style for T5
