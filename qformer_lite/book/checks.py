@@ -306,10 +306,10 @@ _ANSWERS: dict[str, tuple[Any, str]] = {
 
 
 def _t5_encoder_macs(m, length: int) -> int:
-    lang = m.language
-    inner = lang.num_heads * lang.d_kv
-    per_layer = 4 * length * lang.d_model * inner + 2 * length * length * inner + 3 * length * lang.d_model * lang.d_ff
-    return lang.num_layers * per_layer
+    from ..miniature.compare import t5_encoder_macs
+    from ..miniature.standins import CaptionTokenizer, t5_config
+
+    return t5_encoder_macs(t5_config(m.language, CaptionTokenizer()), length)
 
 
 class _Answers(Mapping):

@@ -93,8 +93,8 @@ def build_connector(spec: Spec, config: MiniatureConfig, stage1_qformer: QFormer
         if spec.kind == "resampler":
             return PerceiverResampler(c_in, d_model, m)
         if spec.kind == "qformer":
-            return QFormerProjection(QFormer(replace(config.qformer, num_query_tokens=m,
-                                                     use_qformer_text_input=False)), d_model)
+            query_path = replace(with_queries(config, m).qformer, use_qformer_text_input=False)
+            return QFormerProjection(QFormer(query_path), d_model)
         if stage1_qformer is None or stage1_qformer.config.num_query_tokens != m:
             raise ValueError(f"{spec.name} needs the stage-1 Q-Former with {m} queries")
         return QFormerProjection(query_only(stage1_qformer), d_model)

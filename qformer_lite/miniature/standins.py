@@ -215,8 +215,9 @@ class CaptionTokenizer:
         return cls(json.loads(Path(path).read_text())["words"])
 
 
-def build_t5(config: LanguageConfig, tokenizer: CaptionTokenizer) -> T5ForConditionalGeneration:
-    t5_config = T5Config(
+def t5_config(config: LanguageConfig, tokenizer: CaptionTokenizer) -> T5Config:
+    """The T5 stand-in's configuration, without building the model."""
+    return T5Config(
         vocab_size=len(tokenizer), d_model=config.d_model, d_kv=config.d_kv, d_ff=config.d_ff,
         num_layers=config.num_layers, num_decoder_layers=config.num_decoder_layers, num_heads=config.num_heads,
         relative_attention_num_buckets=config.relative_attention_num_buckets,
@@ -225,7 +226,10 @@ def build_t5(config: LanguageConfig, tokenizer: CaptionTokenizer) -> T5ForCondit
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
-    return T5ForConditionalGeneration(t5_config)
+
+
+def build_t5(config: LanguageConfig, tokenizer: CaptionTokenizer) -> T5ForConditionalGeneration:
+    return T5ForConditionalGeneration(t5_config(config, tokenizer))
 
 
 def corrupt(caption: str, rng: np.random.Generator, config: LanguageConfig) -> str:
