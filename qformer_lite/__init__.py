@@ -17,11 +17,11 @@ The models built from it, and the bridge to real checkpoints:
     hf.py           HuggingFace BLIP-2 weights into these modules, through a key map    ch. 4, 8
     captioning.py   captions (and answers) from images, for any BLIP-2 T5 model         ch. 8
     testing.py      stand-ins where no download can be: HF configs, a drawn image       ch. 3, 4, 8
-    connectors.py   other ways from image features to the LLM: linear, MLP, pooling,    ch. 9 (to come)
+    connectors.py   other ways from image features to the LLM: linear, MLP, pooling,    ch. 9
                     a Perceiver resampler, and the Q-Former beside them
 
 Two folders of their own: ``miniature/`` (the world BLIP-2 is trained in on a CPU, chapters
-6-7 and the ``qformer-lite`` command; its README.md maps it) and ``book/`` (the exercises'
+6, 7 and 9 and the ``qformer-lite`` command; its README.md maps it) and ``book/`` (the exercises'
 checkers and the figures, imported by the notebooks).
 """
 

@@ -2,7 +2,7 @@
 
 Every connector here maps image features (B, N, C), the encoder's [CLS] token first, to M
 vectors in the language model's input-embedding space (B, M, d_model), the soft prompt that
-``ConnectorT5`` puts in front of T5's input (for chapter 9, to come). They differ in M and in how much
+``ConnectorT5`` puts in front of T5's input (chapter 9 compares them). They differ in M and in how much
 they compute:
 
     LinearProjection     LLaVA: one linear map of every patch                    M = N

@@ -1,6 +1,8 @@
 """Chapter 9's experiment: the 64-patch world, the connectors' line-up, the cost model, and
 ``compare`` end to end on a seconds-long configuration."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -29,6 +31,13 @@ def test_the_connector_world_cuts_the_same_images_into_64_patches():
     assert config.vision.num_patches == 64 and config.vision.patches_per_side == 8
     tokens = ImageEncoder(config.vision)(torch.zeros(2, 3, 48, 48))
     assert tokens.shape == (2, 1 + 64, config.vision.embed_dim)
+
+
+def test_the_connector_worlds_stage_1_is_chapter_6s_for_half_the_steps():
+    ours, chapter6 = connector_world().stage1, MiniatureConfig.default().stage1
+    assert ours.optim.steps == chapter6.optim.steps // 2
+    assert ours.optim.batch_size == chapter6.optim.batch_size and ours.optim.lr == chapter6.optim.lr
+    assert ours.related_fraction == chapter6.related_fraction
 
 
 def test_each_patch_is_labelled_by_the_cell_under_its_centre():
@@ -111,8 +120,17 @@ def test_compare_measures_every_connector_and_reads_them_back(module_cache):
         assert r["t5_encoder_macs"] == t5_encoder_macs(build_t5(config.language, CaptionTokenizer()).config,
                                                        r["M"] + 1)
     assert rows[0]["t5_encoder_macs"] > rows[1]["t5_encoder_macs"]  # 65 positions against 5
+    assert rows[1]["t5_encoder_ms"] == rows[2]["t5_encoder_ms"] == rows[3]["t5_encoder_ms"]  # one M, one timing
     again = compare(config, specs, progress=False)
     assert all(r["from_cache"] for r in again)
     for a, b in zip(rows, again):  # the same weights: the same captions, the recorded seconds
         assert (a["exact_match"], a["slot_accuracy"], a["train_seconds"], a["final_loss"]) == (
             b["exact_match"], b["slot_accuracy"], b["train_seconds"], b["final_loss"])
+
+
+def test_only_the_connector_with_a_stage_1_is_retrained_when_stage_1_changes(module_cache):
+    config = quick_world()
+    longer = replace(config, stage1=replace(config.stage1, optim=replace(config.stage1.optim, steps=7)))
+    compare(config, [Spec("linear"), Spec("qformer+stage1", 4)], progress=False)
+    rows = compare(longer, [Spec("linear"), Spec("qformer+stage1", 4)], progress=False)
+    assert [r["from_cache"] for r in rows] == [True, False]

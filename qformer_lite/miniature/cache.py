@@ -30,7 +30,8 @@ DEPENDS_ON = {
     "language-model": ("seed", "data.held_out_fraction", "data.split_seed", "language"),
     "stage1": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1"),
     "stage2": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2"),
-    "connector": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2"),
+    # a connector's entry names its stage 1 itself, when it has one (compare.cached_connector)
+    "connector": ("seed", "train_images", "data", "vision", "language", "qformer", "stage2"),
 }
 
 
