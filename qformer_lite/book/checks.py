@@ -300,7 +300,7 @@ _ANSWERS: dict[str, tuple[Any, str]] = {
         lambda m: _t5_encoder_macs(m, 16 + 1),
         "Per layer and position: q, k, v and o are d_model x (heads x d_kv) each; the scores and "
         "their weighted sum are length x heads x d_kv each; the gated FFN is three d_model x d_ff "
-        "maps. Count 16 + 1 positions, two layers.",
+        "maps. Count 16 + 1 positions and config.language.num_layers layers.",
     ),
 }
 
