@@ -12,7 +12,7 @@ they compute:
     QFormerProjection    BLIP-2: the Q-Former's M query outputs, then a linear map
 
 The first three read the patch tokens only (LLaVA's ``select_feature="patch"``); the last two
-attend to every token, [CLS] included, as Flamingo and BLIP-2 do.
+attend to every token, [CLS] included, as BLIP-2 does (Flamingo's NFNet has no [CLS]).
 """
 
 from __future__ import annotations

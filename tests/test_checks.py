@@ -916,6 +916,13 @@ def test_pooled_tokens_pass_and_each_mistake_gets_its_hint(capsys):
     fails_with(capsys, checks.check_pooled_tokens, lambda x, s: _pool(x, s)[:, :4], words="(B, side², C)")
     fails_with(capsys, checks.check_pooled_tokens, lambda x, s: _pool(x, s) * 2, words="channels first")
 
+    def fixed_kernel(x, side):  # right only where side divides the grid
+        n = math.isqrt(x.shape[1] - 1)
+        grid = rearrange(x[:, 1:], "b (h w) c -> b c h w", h=n)
+        return rearrange(F.avg_pool2d(grid, n // side), "b c h w -> b (h w) c")
+
+    fails_with(capsys, checks.check_pooled_tokens, fixed_kernel, words="does not divide")
+
 
 def _perceiver(attn, x, latents, keys="both", scale=True, norm=True):
     if norm:
@@ -936,6 +943,8 @@ def test_perceiver_attention_passes_and_each_mistake_gets_its_hint(capsys):
     fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: _perceiver(a, x, lat, norm=False),
                words="not normalised")
     fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: lat, words="differs")
+    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: lat + _perceiver(a, x, lat),
+               words="residual")
     fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: x, words="(B, M, C)")
 
 
@@ -946,4 +955,4 @@ def test_the_chapter_9_answers_follow_the_library():
     world = connector_world()
     t5 = build_t5(world.language, CaptionTokenizer())
     assert checks.ANSWERS["linear_prompt_length"][0] == world.vision.num_patches + 1
-    assert checks.ANSWERS["t5_encoder_macs_pooled_16"][0] == t5_encoder_macs(t5.config, 17)
+    assert checks.ANSWERS["t5_encoder_macs_pooled_25"][0] == t5_encoder_macs(t5.config, 26)

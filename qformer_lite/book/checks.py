@@ -296,11 +296,11 @@ _ANSWERS: dict[str, tuple[Any, str]] = {
         "LLaVA's projection maps every patch token, [CLS] left out: (48 // 6)² of them, "
         "then the empty prompt's </s>.",
     ),
-    "t5_encoder_macs_pooled_16": (
-        lambda m: _t5_encoder_macs(m, 16 + 1),
+    "t5_encoder_macs_pooled_25": (
+        lambda m: _t5_encoder_macs(m, 25 + 1),
         "Per layer and position: q, k, v and o are d_model x (heads x d_kv) each; the scores and "
         "their weighted sum are length x heads x d_kv each; the gated FFN is three d_model x d_ff "
-        "maps. Count 16 + 1 positions and config.language.num_layers layers.",
+        "maps. Count 25 + 1 positions and config.language.num_layers layers.",
     ),
 }
 
@@ -1228,6 +1228,15 @@ def check_pooled_tokens(fn: Callable) -> CheckResult:
     if not torch.allclose(got, expected, atol=1e-5):
         return _say(False, "the values differ from F.adaptive_avg_pool2d of the (B, C, 6, 6) patch grid. Hint: "
                            "put the channels first before pooling, 'b (h w) c -> b c h w'.")
+    # 6 rows to 4 cells: windows of unequal, overlapping rows, which a fixed kernel cannot give
+    expected = rearrange(F.adaptive_avg_pool2d(grid, 4), "b c h w -> b (h w) c")  # (B, 16, C)
+    failed, got = _call(name, fn, x.clone(), 4)
+    if failed is not None:
+        return failed
+    if tuple(got.shape) != tuple(expected.shape) or not torch.allclose(got, expected, atol=1e-5):
+        return _say(False, "right for 6 x 6 -> 3 x 3, wrong for 6 x 6 -> 4 x 4, where the side does not divide "
+                           "the grid. Hint: F.adaptive_avg_pool2d(grid, side) picks each cell's window itself; "
+                           "a fixed kernel of n // side patches fits only when side divides n.")
     return _say(True, "36 patches in, 9 averaged cells out, in reading order: DeCo's compression, with no parameters.")
 
 
@@ -1273,6 +1282,9 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
                            "and values too: to_kv(torch.cat([x, latents], dim=1)).")
     if torch.allclose(got, unscaled, atol=1e-5):
         return _say(False, "the scores are not scaled. Hint: multiply q @ k^T by attn.scale, head_dim ** -0.5.")
+    if torch.allclose(got, latents + expected, atol=1e-5):
+        return _say(False, "the residual is added. Hint: return only what the attention adds, to_out(...); "
+                           "the resampler's layer adds the latents itself.")
     if torch.allclose(got, unnormed, atol=1e-5):
         return _say(False, "the inputs are not normalised. Hint: attn.norm_media(x) and attn.norm_latents(latents) "
                            "come first.")
