@@ -43,10 +43,9 @@ def connector_world(**overrides) -> MiniatureConfig:
     stage 1 of 200 steps for the Q-Former that has one."""
     vision = VisionConfig(patch_size=6, optim=OptimConfig(
         steps=200, batch_size=32, lr=4e-3, warmup_steps=30, weight_decay=0.01))
-    base = dict(vision=vision,
-                # chapter 6's stage 1 for half its steps: most of what it is worth here, at half the cost
-                stage1=StageConfig(OptimConfig(steps=200, lr=2e-3), related_fraction=0.5),
-                stage2=StageConfig(OptimConfig(steps=400, batch_size=32, lr=3e-3)))
+    stage1 = MiniatureConfig().stage1  # chapter 6's, for half its steps: half the chapter's first run
+    stage1 = replace(stage1, optim=replace(stage1.optim, steps=stage1.optim.steps // 2))
+    base = dict(vision=vision, stage1=stage1, stage2=StageConfig(OptimConfig(steps=400, batch_size=32, lr=3e-3)))
     base.update(overrides)
     return MiniatureConfig(**base)
 
