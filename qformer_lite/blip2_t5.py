@@ -45,34 +45,26 @@ def check_language_model_precision(language_model: nn.Module) -> None:
         raise ValueError(f"{FP16_T5_MESSAGE}; float16 found in {half[0]} and {len(half) - 1} more")
 
 
-class PrefixT5(nn.Module):
-    """A frozen image encoder and a frozen encoder-decoder language model (T5 / Flan-T5),
-    joined by a trainable part that turns image features into a soft prompt: vectors in
-    T5's input-embedding space, put in front of the prompt's embeddings and read by the T5
-    *encoder* (``image_prefix``). BLIP-2's part is the Q-Former and a projection
-    (``Blip2T5``); ``connectors.ConnectorT5`` takes any other connector.
+class FrozenEnds(nn.Module):
+    """A frozen image encoder and a frozen language model, kept in eval mode, with what lies
+    between them left to a subclass (``image_prefix``): ``PrefixT5`` for encoder-decoder
+    language models, ``blip2_opt.Blip2OPT`` for decoder-only ones.
 
     ``vision_encoder`` maps pixels to image features (B, N, C), its final LayerNorm
     (LAVIS's ``ln_vision``, HF's ``post_layernorm``) included; it may return a tensor or an
-    object with ``last_hidden_state``. The vision encoder and the language model are frozen
-    and kept in eval mode; so the encoder's features can be computed once and reused
-    (``image_embeds``), as the miniature does.
+    object with ``last_hidden_state``. Both ends are frozen; so the encoder's features can be
+    computed once and reused (``image_embeds``), as the miniature does.
     """
 
     def __init__(self, vision_encoder: nn.Module, language_model: nn.Module):
         super().__init__()
-        if not getattr(language_model.config, "is_encoder_decoder", False):
-            raise ValueError(
-                f"{type(self).__name__} needs an encoder-decoder language model (T5), got {type(language_model).__name__}"
-            )
-        check_language_model_precision(language_model)
         self.vision_encoder = vision_encoder
         self.language_model = language_model
         for module in (self.vision_encoder, self.language_model):
             module.requires_grad_(False)
             module.eval()
 
-    def train(self, mode: bool = True) -> "PrefixT5":
+    def train(self, mode: bool = True) -> "FrozenEnds":
         super().train(mode)
         self.vision_encoder.eval()  # frozen parts never switch on dropout
         self.language_model.eval()
@@ -88,6 +80,37 @@ class PrefixT5(nn.Module):
         if (pixel_values is None) == (image_embeds is None):
             raise ValueError("give either pixel_values (B, 3, H, W) or image_embeds (B, N, C), not both or neither")
         return self.encode_image(pixel_values) if image_embeds is None else image_embeds
+
+
+def require_query_only(qformer: QFormer, model: str) -> None:
+    if qformer.embeddings is not None or any(layer.text_ffn is not None for layer in qformer.layers):
+        raise ValueError(f"{model} uses a query-only Q-Former (use_qformer_text_input=False), as stage 2 does")
+
+
+def query_prefix(qformer: QFormer, projection: nn.Linear, image_embeds: torch.Tensor, output_attentions: bool = False):
+    """BLIP-2's soft prompt: the Q-Former's query outputs (B, Q, D), computed in float32,
+    projected into the language model's width (B, Q, d_model); and the Q-Former's output."""
+    out = qformer(image_embeds, output_attentions=output_attentions)
+    return projection(out.query_output.to(projection.weight.dtype)), out
+
+
+class PrefixT5(FrozenEnds):
+    """A frozen image encoder and a frozen encoder-decoder language model (T5 / Flan-T5),
+    joined by a trainable part that turns image features into a soft prompt: vectors in
+    T5's input-embedding space, put in front of the prompt's embeddings and read by the T5
+    *encoder* (``image_prefix``). BLIP-2's part is the Q-Former and a projection
+    (``Blip2T5``); ``connectors.ConnectorT5`` takes any other connector. See ``FrozenEnds``
+    for the two frozen ends.
+    """
+
+    def __init__(self, vision_encoder: nn.Module, language_model: nn.Module):
+        if not getattr(language_model.config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"{type(self).__name__} needs an encoder-decoder language model (T5), got {type(language_model).__name__}"
+                " (decoder-only language models: blip2_opt.Blip2OPT)"
+            )
+        check_language_model_precision(language_model)
+        super().__init__(vision_encoder, language_model)
 
     def image_prefix(self, pixel_values, output_attentions: bool = False, image_embeds=None):
         """(soft prompt (B, M, d_model), what the trainable part returned besides, or None)."""
@@ -162,8 +185,7 @@ class Blip2T5(PrefixT5):
     """
 
     def __init__(self, vision_encoder: nn.Module, qformer: QFormer, language_model: nn.Module):
-        if qformer.embeddings is not None or any(layer.text_ffn is not None for layer in qformer.layers):
-            raise ValueError("Blip2T5 uses a query-only Q-Former (use_qformer_text_input=False), as stage 2 does")
+        require_query_only(qformer, "Blip2T5")
         super().__init__(vision_encoder, language_model)
         self.qformer = qformer
         self.language_projection = nn.Linear(qformer.config.hidden_size, language_model.config.d_model)
@@ -180,6 +202,4 @@ class Blip2T5(PrefixT5):
         given instead of ``pixel_values``: the encoder is frozen, so its features can be cached.
         """
         image_embeds = self.image_features(pixel_values, image_embeds)  # (B, N, C)
-        out = self.qformer(image_embeds, output_attentions=output_attentions)  # the Q-Former runs in fp32
-        prefix = self.language_projection(out.query_output.to(self.language_projection.weight.dtype))
-        return prefix, out  # (B, Q, d_model)
+        return query_prefix(self.qformer, self.language_projection, image_embeds, output_attentions)  # (B, Q, d_model)

@@ -185,13 +185,37 @@ def pretraining_from_hf(model_or_path) -> QFormerPretraining:
     return model.eval()
 
 
-def _require_t5(hf_config) -> None:
-    text = hf_config.text_config
-    if getattr(hf_config, "use_decoder_only_language_model", False) or not text.is_encoder_decoder:
-        raise ValueError(
-            f"this BLIP-2 checkpoint uses a decoder-only language model ({text.model_type}); "
-            "qformer_lite's Blip2T5 takes encoder-decoder (T5 / Flan-T5) checkpoints: OPT is not supported yet"
-        )
+LANGUAGE_MODELS = {"t5": "blip2_t5_from_hf", "opt": "blip2_opt_from_hf"}  # BLIP-2's two kinds
+
+
+def _require_language_model(kind: str):
+    def check(hf_config) -> None:
+        found = getattr(hf_config.text_config, "model_type", "?")
+        if found not in LANGUAGE_MODELS:
+            raise ValueError(f"this BLIP-2 checkpoint's language model is {found!r}; qformer_lite loads "
+                             f"{' and '.join(LANGUAGE_MODELS)} ones")
+        if found != kind:
+            raise ValueError(f"this BLIP-2 checkpoint's language model is {found!r}, not {kind!r}: "
+                             f"load it with qformer_lite.hf.{LANGUAGE_MODELS[found]}")
+    return check
+
+
+def _blip2_parts(model_or_path, kind: str, dtype, device):
+    """The HF model (its weights read in float16 for a 16-bit ``dtype``, see
+    ``blip2_t5_from_hf``) and its Q-Former converted, in float32."""
+    load_dtype = torch.float16 if dtype in (torch.float16, torch.bfloat16) else (dtype or torch.float32)
+    hf = load_hf_model(model_or_path, ("Blip2ForConditionalGeneration",), load_dtype,
+                       check_config=_require_language_model(kind), device=device)
+    return hf, qformer_from_hf(hf).float()
+
+
+def _assembled(model, hf, device):
+    model.language_projection = hf.language_projection  # same weights and dtype as HF's
+    model.requires_grad_(False)
+    for part in (model.qformer, model.language_projection):
+        part.requires_grad_(True)
+    model.eval()
+    return model.to(device) if device is not None else model
 
 
 def blip2_t5_from_hf(model_or_path, dtype: torch.dtype | None = None, device=None):
@@ -219,11 +243,7 @@ def blip2_t5_from_hf(model_or_path, dtype: torch.dtype | None = None, device=Non
     """
     from .blip2_t5 import Blip2T5
 
-    load_dtype = torch.float16 if dtype in (torch.float16, torch.bfloat16) else (dtype or torch.float32)
-    hf = load_hf_model(
-        model_or_path, ("Blip2ForConditionalGeneration",), load_dtype, check_config=_require_t5, device=device
-    )
-    qformer = qformer_from_hf(hf).float()
+    hf, qformer = _blip2_parts(model_or_path, "t5", dtype, device)
     if dtype is not None:
         for part in (hf.vision_model, hf.language_projection, hf.language_model):
             part.to(dtype)
@@ -231,10 +251,23 @@ def blip2_t5_from_hf(model_or_path, dtype: torch.dtype | None = None, device=Non
             for name, module in hf.language_model.named_modules():
                 if name.endswith(".wo"):
                     module.float()
-    model = Blip2T5(hf.vision_model, qformer, hf.language_model)
-    model.language_projection = hf.language_projection  # same weights and dtype as HF's
-    model.requires_grad_(False)
-    for part in (model.qformer, model.language_projection):
-        part.requires_grad_(True)
-    model.eval()
-    return model.to(device) if device is not None else model
+    return _assembled(Blip2T5(hf.vision_model, qformer, hf.language_model), hf, device)
+
+
+def blip2_opt_from_hf(model_or_path, dtype: torch.dtype | None = None, device=None):
+    """A ``Blip2OPT`` from an HF ``Blip2ForConditionalGeneration`` with an OPT language model (or
+    a model id such as ``Salesforce/blip2-opt-2.7b``, or a local folder holding one), through
+    the same key map as ``blip2_t5_from_hf``: the vision encoder, the projection and OPT are
+    HF's own, the Q-Former is converted and kept in float32.
+
+    Precision. LAVIS runs OPT in float16 (``blip2_opt.py``), and OPT, unlike T5, is at home
+    there: ``dtype=torch.float16`` moves the vision encoder, the projection and OPT to it.
+    ``None`` leaves every part as it is.
+    """
+    from .blip2_opt import Blip2OPT
+
+    hf, qformer = _blip2_parts(model_or_path, "opt", dtype, device)
+    if dtype is not None:
+        for part in (hf.vision_model, hf.language_projection, hf.language_model):
+            part.to(dtype)
+    return _assembled(Blip2OPT(hf.vision_model, qformer, hf.language_model), hf, device)

@@ -79,6 +79,19 @@ def tiny_hf_blip2_config(
     )
 
 
+def tiny_hf_blip2_opt_config(*, queries=4, vocab=120, **qformer_overrides):
+    """A small HF ``Blip2Config`` with an OPT language model (``pad`` 1, ``</s>`` 2 as OPT's
+    own, the last id as the image placeholder that transformers 5 expects in ``input_ids``)."""
+    from transformers import Blip2Config, OPTConfig
+
+    base = tiny_hf_blip2_config(text_input=False, queries=queries, vocab=vocab, **qformer_overrides)
+    opt = OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                    max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=1, bos_token_id=2,
+                    eos_token_id=2)
+    return Blip2Config(vision_config=base.vision_config.to_dict(), qformer_config=base.qformer_config.to_dict(),
+                       text_config=opt.to_dict(), num_query_tokens=queries, image_token_index=vocab - 1)
+
+
 def randomize_weights_(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
     """Give every parameter a distinct random value (LayerNorm weights around 1), so that a
     swapped or forgotten weight shows in the outputs. HF initialises the query tokens to

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
+from transformers import Blip2ForConditionalGeneration
 
 from hf_helpers import build, tiny_hf_blip2_config
 from qformer_lite.blip2_t5 import Blip2T5
 from qformer_lite.hf import blip2_t5_from_hf, qformer_from_hf
-from qformer_lite.testing import flan_t5_xl_blip2_config, tiny_t5_tokenizer, untie_lm_head_
+from qformer_lite.testing import flan_t5_xl_blip2_config, tiny_hf_blip2_opt_config, tiny_t5_tokenizer, untie_lm_head_
 
 IMAGE_TOKEN = 119  # the last id of the tiny vocabulary
 
@@ -98,17 +98,12 @@ def test_qformer_stays_in_float32_and_fp16_t5_is_refused(saved):
         blip2_t5_from_hf(all_half)
 
 
-def test_opt_checkpoints_are_not_supported_yet(tmp_path):
-    base = tiny_hf_blip2_config(text_input=False)
-    opt = OPTConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-                    max_position_embeddings=64, word_embed_proj_dim=32)
-    cfg = Blip2Config(vision_config=base.vision_config.to_dict(), qformer_config=base.qformer_config.to_dict(),
-                      text_config=opt.to_dict(), num_query_tokens=4)
-    model = Blip2ForConditionalGeneration(cfg)
-    with pytest.raises(ValueError, match="decoder-only language model \\(opt\\).*not supported yet"):
+def test_an_opt_checkpoint_is_sent_to_the_opt_loader(tmp_path):
+    model = Blip2ForConditionalGeneration(tiny_hf_blip2_opt_config())
+    with pytest.raises(ValueError, match="language model is 'opt', not 't5'.*blip2_opt_from_hf"):
         blip2_t5_from_hf(model)
     model.save_pretrained(tmp_path / "opt")
-    with pytest.raises(ValueError, match="not supported yet"):
+    with pytest.raises(ValueError, match="blip2_opt_from_hf"):
         blip2_t5_from_hf(tmp_path / "opt")
 
 
