@@ -28,6 +28,9 @@ DEPENDS_ON = {
     "image-encoder": ("seed", "train_images", "data", "vision"),
     # T5 reads the training split's captions, which only these two of the data's fields decide
     "language-model": ("seed", "data.held_out_fraction", "data.split_seed", "language"),
+    # the decoder-only stand-in: the same captions, and T5's corruptions of them
+    "decoder-model": ("seed", "data.held_out_fraction", "data.split_seed", "decoder", "language.drop_prob",
+                      "language.mask_prob", "language.empty_prob", "language.corruptions"),
     "stage1": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1"),
     "stage2": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2"),
     # a connector's entry names its stage 1 itself, when it has one (compare.cached_connector)

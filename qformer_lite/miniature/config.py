@@ -81,6 +81,25 @@ class LanguageConfig(JsonConfig):
 
 
 @dataclass
+class DecoderConfig(JsonConfig):
+    """The stand-in for a decoder-only LLM (OPT in BLIP-2, Vicuna in MiniGPT-4): a tiny
+    ``transformers`` OPT. Pretrained as the T5 stand-in is, to write a caption after a
+    corrupted copy of it (``LanguageConfig``'s corruptions), so that it follows its context:
+    trained on captions alone, it ignores a soft prompt, and stage 2 learns nothing."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    ffn_dim: int = 128
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 64
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        steps=800, batch_size=64, lr=3e-3, warmup_steps=30, weight_decay=0.01))
+
+    def __post_init__(self) -> None:
+        self.optim = OptimConfig.from_dict(self.optim) if isinstance(self.optim, dict) else self.optim
+
+
+@dataclass
 class StageConfig(JsonConfig):
     """One training stage of the Q-Former."""
 
@@ -121,6 +140,7 @@ class MiniatureConfig(JsonConfig):
     data: DataConfig = field(default_factory=DataConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # chapter 10's decoder-only LLM
     qformer: QFormerConfig = field(default_factory=lambda: miniature_qformer(VisionConfig()))
     stage1: StageConfig = field(default_factory=lambda: StageConfig(OptimConfig(steps=400, lr=2e-3),
                                                                     related_fraction=0.5))
@@ -131,6 +151,7 @@ class MiniatureConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         for name, kind in (("data", DataConfig), ("vision", VisionConfig), ("language", LanguageConfig),
+                           ("decoder", DecoderConfig),
                            ("stage1", StageConfig), ("stage2", StageConfig), ("qformer", QFormerConfig)):
             if isinstance(getattr(self, name), dict):  # as read from JSON
                 setattr(self, name, kind.from_dict(getattr(self, name)))
@@ -167,6 +188,9 @@ class MiniatureConfig(JsonConfig):
             language=LanguageConfig(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4,
                                     optim=OptimConfig(steps=10, batch_size=32, lr=3e-3, warmup_steps=30,
                                                       weight_decay=0.01)),
+            decoder=DecoderConfig(hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=4,
+                                  optim=OptimConfig(steps=10, batch_size=32, lr=3e-3, warmup_steps=30,
+                                                    weight_decay=0.01)),
             qformer=miniature_qformer(vision, hidden_size=32, intermediate_size=64, num_query_tokens=4,
                                       image_text_hidden_size=16),
             stage1=StageConfig(OptimConfig(steps=6, batch_size=16, warmup_steps=2)),

@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import nn
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import OPTConfig, OPTForCausalLM, T5Config, T5ForConditionalGeneration
 
 from . import cache
-from .config import LanguageConfig, MiniatureConfig, VisionConfig
+from .config import DecoderConfig, LanguageConfig, MiniatureConfig, VisionConfig
 from .data import COLOURS, GRID, SHAPES, SPECIAL_TOKENS, ImagePool, Scene, ShapesDataset, all_captions, vocabulary
 from .trainer import fit, freeze, seeded
 
@@ -143,6 +143,7 @@ class CaptionTokenizer:
         self.words = words
         self._t5 = self._build("$A </s>", [("</s>", self.eos_token_id)])
         self._qformer = self._build("[CLS] $A [SEP]", [("[CLS]", self.cls_token_id), ("[SEP]", self.sep_token_id)])
+        self._opt = self._build("</s> $A </s>", [("</s>", self.eos_token_id)])
 
     def _build(self, template: str, specials) -> Tokenizer:
         tok = Tokenizer(models.WordLevel(self.vocab, unk_token="<unk>"))
@@ -174,6 +175,11 @@ class CaptionTokenizer:
     def t5(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``words </s>``, right-padded: ids and mask, (B, T) each."""
         return self._batch(self._t5, texts)
+
+    def opt(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``</s> words </s>``, right-padded, as OPT frames a text (``</s>`` is its start and its
+        end): ids and mask, (B, T) each."""
+        return self._batch(self._opt, texts)
 
     def qformer(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``[CLS] words [SEP]``, right-padded: ids and mask, (B, T) each."""
@@ -272,6 +278,63 @@ def pretrain_t5(
 
     history = fit(model.parameters(), config.optim, step, "language model", progress)
     return freeze(model), history
+
+def opt_config(config: DecoderConfig, tokenizer: CaptionTokenizer) -> OPTConfig:
+    """The decoder-only stand-in's configuration: OPT's layout, no dropout."""
+    return OPTConfig(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        ffn_dim=config.ffn_dim, num_attention_heads=config.num_attention_heads,
+        max_position_embeddings=config.max_position_embeddings, word_embed_proj_dim=config.hidden_size,
+        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def build_opt(config: DecoderConfig, tokenizer: CaptionTokenizer) -> OPTForCausalLM:
+    return OPTForCausalLM(opt_config(config, tokenizer))
+
+
+def rebuild_labels(ids: torch.Tensor, mask: torch.Tensor, eos: int) -> torch.Tensor:
+    """Labels for ``</s> context </s> caption </s>``: the caption's words and its final
+    ``</s>`` are targets, the context and the padding are -100."""
+    seen = (ids == eos).long().cumsum(1)  # 1 at the start, 2 from the middle </s>, 3 at the end
+    target = (seen >= 2) & ~((seen == 2) & (ids == eos)) & (mask == 1)
+    return ids.masked_fill(~target, -100)
+
+
+def pretrain_opt(
+    config: DecoderConfig, corruption: LanguageConfig, tokenizer: CaptionTokenizer, captions: list[str],
+    seed: int = 0, progress: bool = True,
+) -> tuple[OPTForCausalLM, dict[str, list[float]]]:
+    """Train a fresh tiny OPT to write a caption after a corrupted copy of it (``corrupt``
+    with ``corruption``'s settings), the decoder-only form of the T5 stand-in's task; returns
+    it frozen."""
+    with seeded(seed):
+        model = build_opt(config, tokenizer)
+    rng = np.random.default_rng([seed, 13])
+
+    def step(_: int) -> dict[str, torch.Tensor]:
+        targets = [captions[i] for i in rng.integers(len(captions), size=config.optim.batch_size)]
+        ids, mask = tokenizer.opt([f"{corrupt(c, rng, corruption)} </s> {c}" for c in targets])  # (B, T)
+        labels = rebuild_labels(ids, mask, tokenizer.eos_token_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+        return {"loss": F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)}
+
+    history = fit(model.parameters(), config.optim, step, "decoder-only language model", progress)
+    return freeze(model), history
+
+
+def cached_decoder(config: MiniatureConfig, progress: bool = True, use_cache: bool = True):
+    """The decoder-only stand-in read from the cache, or pretrained (and cached): (model,
+    history, from_cache). It reads the training split's captions, as T5 does."""
+    tokenizer = CaptionTokenizer()
+    captions = ShapesDataset("train", config.data, seed=config.seed).captions
+    model, history, hit = cache.cached_training(
+        cache.entry_for("decoder-model", config), build_opt(config.decoder, tokenizer),
+        lambda: pretrain_opt(config.decoder, config.language, tokenizer, captions, seed=config.seed,
+                             progress=progress), use_cache)
+    return freeze(model), history, hit
+
 
 # --- both, built or read from the cache ----------------------------------------------------
 
