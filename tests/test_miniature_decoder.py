@@ -60,3 +60,21 @@ def test_blip2_opt_runs_on_the_miniature_stand_ins(module_cache):
     assert out.logits.shape == (3, q + ids.shape[1], len(standins.tokenizer)) and torch.isfinite(out.loss)
     written = model.generate(pixel_values=images, num_beams=2, max_new_tokens=4)
     assert written.shape[0] == 3 and written.shape[1] <= 4
+
+
+def test_stage_2_trains_blip2_opt_on_the_captions_after_their_start_token(module_cache):
+    from qformer_lite.miniature.standins import encode_images
+    from qformer_lite.miniature.train import caption_targets, train_stage2
+
+    config = MiniatureConfig.quick()
+    standins = load_standins(config, progress=False)
+    opt, _, _ = cached_decoder(config, progress=False)
+    model = Blip2OPT(standins.image_encoder, build_blip2(config, standins).qformer, opt)
+    captions = standins.train_pool.captions
+    targets = caption_targets(model, standins.tokenizer, captions[:2])
+    assert targets["labels"][0, 0] == -100 and targets["labels"][0, 1] == targets["input_ids"][0, 1]
+    before = [p.clone() for p in model.language_model.parameters()]
+    history = train_stage2(config, model, encode_images(standins.image_encoder, standins.train_pool), captions,
+                           standins.tokenizer, progress=False)
+    assert len(history["loss"]) == config.stage2.optim.steps
+    assert all(torch.equal(a, b) for a, b in zip(before, model.language_model.parameters()))  # frozen

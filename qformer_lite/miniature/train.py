@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..blip2_opt import Blip2OPT
 from ..blip2_t5 import Blip2T5
 from ..pretraining import QFormerPretraining
 from . import cache
@@ -102,21 +103,35 @@ def train_stage1(
     return model.eval(), history
 
 
+def caption_targets(model, tokenizer: CaptionTokenizer, captions: list[str]) -> dict[str, torch.Tensor]:
+    """What stage 2 gives the model besides the image, for every caption, (N, T) each. T5
+    (an empty prompt: [queries; </s>] in its encoder): the caption as ``labels``, "words
+    </s>". A decoder-only model (``Blip2OPT``): the caption as its input after the queries,
+    "</s> words </s>", and as ``labels`` from the first word on."""
+    if isinstance(model, Blip2OPT):
+        ids, mask = tokenizer.opt(captions)
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, 0] = -100  # the start token is read, not written
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    labels, mask = tokenizer.t5(captions)
+    return {"labels": labels.masked_fill(mask == 0, -100)}  # padding is not a target
+
+
 def train_stage2(
-    config: MiniatureConfig, model: Blip2T5, features: torch.Tensor, captions: list[str],
+    config: MiniatureConfig, model: Blip2T5 | Blip2OPT, features: torch.Tensor, captions: list[str],
     tokenizer: CaptionTokenizer, progress: bool = True, desc: str = "stage 2",
 ) -> dict[str, list[float]]:
-    """Stage 2: the Q-Former and the projection learn to write a soft prompt the frozen T5
-    turns into the caption. Trains ``model`` in place; returns ``{"loss": [...]}``."""
+    """Stage 2: the Q-Former and the projection learn to write a soft prompt the frozen
+    language model (T5, or a decoder-only one) turns into the caption. Trains ``model`` in
+    place; returns ``{"loss": [...]}``."""
     stage = config.stage2
     model.train()
-    labels, label_mask = tokenizer.t5(captions)  # (N, T) "words </s>"
-    labels = labels.masked_fill(label_mask == 0, -100)  # padding is not a target
+    targets = caption_targets(model, tokenizer, captions)
     batches = CaptionBatches(captions, stage.optim.batch_size, config.seed + 5, stage.related_fraction)
 
     def step(_: int) -> dict[str, torch.Tensor]:
         idx = batches.next()
-        return {"loss": model(image_embeds=features[idx], labels=labels[idx]).loss}  # empty prompt: [queries; </s>]
+        return {"loss": model(image_embeds=features[idx], **{k: v[idx] for k, v in targets.items()}).loss}
 
     # the frozen encoder and T5 require no grad: fit leaves them out
     return fit(model.parameters(), stage.optim, step, desc, progress)
