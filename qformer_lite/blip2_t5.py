@@ -88,8 +88,9 @@ def require_query_only(qformer: QFormer, model: str) -> None:
 
 
 def query_prefix(qformer: QFormer, projection: nn.Linear, image_embeds: torch.Tensor, output_attentions: bool = False):
-    """BLIP-2's soft prompt: the Q-Former's query outputs (B, Q, D), computed in float32,
-    projected into the language model's width (B, Q, d_model); and the Q-Former's output."""
+    """BLIP-2's soft prompt: the Q-Former's query outputs (B, Q, D), computed in the
+    Q-Former's own precision (float32, as in LAVIS), projected into the language model's width
+    (B, Q, d_model) in the projection's; and the Q-Former's output."""
     out = qformer(image_embeds, output_attentions=output_attentions)
     return projection(out.query_output.to(projection.weight.dtype)), out
 
