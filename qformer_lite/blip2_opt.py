@@ -11,6 +11,11 @@ model writes the caption after the last prompt token. Two details follow, both L
 - in a batch of prompts of different lengths the padding goes on the *left* of the whole
   sequence, so that every row's next token follows its own prompt. ``_decoder_inputs`` moves
   the padding there, however the prompts came padded; positions count the real tokens only.
+
+The soft prompt need not come first. MiniGPT-4 writes its image *inside* a chat prompt,
+``###Human: <Img><ImageHere></Img> Describe this image. ###Assistant:``: with
+``image_token_id`` set, a text holding that token once per row gets the projected queries in
+its place, the text before it and after it around them.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ class Blip2OPT(FrozenEnds):
     successors). What trains: the Q-Former and the projection (LAVIS's ``opt_proj``, HF's
     ``language_projection``); the vision encoder and the language model are frozen."""
 
-    def __init__(self, vision_encoder: nn.Module, qformer: QFormer, language_model: nn.Module):
+    def __init__(self, vision_encoder: nn.Module, qformer: QFormer, language_model: nn.Module,
+                 image_token_id: int | None = None):
         require_query_only(qformer, "Blip2OPT")
         if getattr(language_model.config, "is_encoder_decoder", False):
             raise ValueError(
@@ -48,6 +54,7 @@ class Blip2OPT(FrozenEnds):
         super().__init__(vision_encoder, language_model)
         self.qformer = qformer
         self.language_projection = nn.Linear(qformer.config.hidden_size, language_model.config.hidden_size)
+        self.image_token_id = image_token_id  # the placeholder the queries replace (MiniGPT-4's <ImageHere>)
 
     @property
     def num_query_tokens(self) -> int:
@@ -77,14 +84,34 @@ class Blip2OPT(FrozenEnds):
         text = self.language_model.get_input_embeddings()(input_ids)  # (B, T, d_model)
         embeds = torch.cat([prefix.to(text.dtype), text], dim=1)  # (B, Q + T, d_model), the queries first
         mask = torch.cat([attention_mask.new_ones(batch, num_queries), attention_mask], dim=1)  # (B, Q + T)
-        # padding first, every real position in its order: a stable sort of the mask (0 before 1)
-        order = torch.sort(mask, dim=1, stable=True).indices  # (B, Q + T)
-        embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+        if labels is not None:
+            labels = torch.cat([labels.new_full((batch, num_queries), -100), labels], dim=1)
+        order = self._queries_in_place(input_ids)  # (B, Q + T'), [text before; queries; text after]
+        # then padding first, every real position in its order: a stable sort of the mask (0 before 1)
+        order = order.gather(1, torch.sort(mask.gather(1, order), dim=1, stable=True).indices)
+        embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
         mask = mask.gather(1, order)
         positions = (mask.long().cumsum(1) - 1).masked_fill(mask == 0, 1)  # as HF's generate counts them
         if labels is not None:
-            labels = torch.cat([labels.new_full((batch, num_queries), -100), labels], dim=1).gather(1, order)
+            labels = labels.gather(1, order)
         return embeds, mask, positions, labels
+
+    def _queries_in_place(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Indices into [queries; text] that read the text with the queries where its
+        placeholder is (the placeholder itself dropped), or the queries first if the text
+        holds none."""
+        batch, length = input_ids.shape
+        q = self.num_query_tokens
+        if self.image_token_id is None or not (input_ids == self.image_token_id).any():
+            return torch.arange(q + length, device=input_ids.device).expand(batch, -1)
+        counts = (input_ids == self.image_token_id).sum(1)
+        if (counts != 1).any():
+            raise ValueError(f"each text must hold the image placeholder (id {self.image_token_id}) once or, in "
+                             f"every row, not at all; counts per row: {counts.tolist()}")
+        at = (input_ids == self.image_token_id).int().argmax(1, keepdim=True)  # (B, 1)
+        j = torch.arange(q + length - 1, device=input_ids.device).expand(batch, -1)  # (B, Q + T - 1)
+        # before the placeholder: text j; then query j - at; after: text j - Q + 1 (one token dropped)
+        return torch.where(j < at, q + j, torch.where(j < at + q, j - at, j + 1))
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, image_embeds=None):
         """``input_ids``: the text after the queries, alone (no image placeholders): ``<s>``,

@@ -171,3 +171,56 @@ def test_in_float16_opt_and_the_vision_encoder_move_and_the_qformer_stays_float3
     with torch.no_grad():
         out = half(pixel_values=pixels(1).half())
     assert out.logits.dtype == torch.float16 and torch.isfinite(out.logits).all()
+
+
+IMG = 117  # a token id of the tiny vocabulary used as MiniGPT-4's <ImageHere>
+
+
+def with_placeholder(model):
+    return Blip2OPT(model.vision_encoder, model.qformer, model.language_model, image_token_id=IMG)
+
+
+def test_the_queries_take_the_placeholders_place_inside_the_text(pair):
+    _, ours = pair
+    mini = with_placeholder(ours)
+    mini.language_projection = ours.language_projection
+    ids = torch.tensor([[BOS, 5, 6, IMG, 7, 8], [BOS, IMG, 9, 10, 11, 12]])
+    x = pixels(2)
+    with torch.no_grad():
+        got = mini(pixel_values=x, input_ids=ids).logits  # (B, Q + 5, V)
+        prefix, _ = mini.image_prefix(x)
+        embed = mini.language_model.get_input_embeddings()
+        rows = []
+        for r in range(2):
+            at = int((ids[r] == IMG).nonzero())
+            rows.append(torch.cat([embed(ids[r, :at]), prefix[r], embed(ids[r, at + 1:])]))
+        want = mini.language_model(inputs_embeds=torch.stack(rows)).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # a placeholder first is the plain prefix
+        first = mini(pixel_values=x, input_ids=torch.tensor([[IMG, BOS, 5, 6]] * 2)).logits
+        plain = ours(pixel_values=x, input_ids=torch.tensor([[BOS, 5, 6]] * 2)).logits
+    torch.testing.assert_close(first, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_the_loss_skips_the_queries_inside_the_text_and_generation_follows_the_text(pair):
+    _, ours = pair
+    mini = with_placeholder(ours)
+    ids, mask = prompts((2, 4))
+    ids[:, -2] = IMG  # the image near the end of each prompt
+    labels = torch.full_like(ids, -100)
+    labels[:, -1] = ids[:, -1]  # one target: the token after the image
+    with torch.no_grad():
+        out = mini(pixel_values=pixels(2), input_ids=ids, attention_mask=mask, labels=labels)
+        by_hand = torch.nn.functional.cross_entropy(out.logits[:, -2], ids[:, -1])
+    torch.testing.assert_close(out.loss, by_hand)
+    written = mini.generate(pixel_values=pixels(2), input_ids=ids, attention_mask=mask, num_beams=1,
+                            max_new_tokens=3, min_new_tokens=3)
+    assert written.shape == (2, 3)
+
+
+def test_a_placeholder_in_some_rows_only_or_twice_is_a_clear_error(pair):
+    _, ours = pair
+    mini = with_placeholder(ours)
+    for ids in (torch.tensor([[BOS, IMG, 5], [BOS, 5, 6]]), torch.tensor([[BOS, IMG, IMG], [BOS, IMG, 6]])):
+        with pytest.raises(ValueError, match=r"placeholder \(id 117\) once .* counts per row"):
+            mini(pixel_values=pixels(2), input_ids=ids)
