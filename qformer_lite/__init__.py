@@ -14,7 +14,8 @@ The models built from it, and the bridge to real checkpoints:
     losses.py       the stage-1 losses, as LAVIS computes them                          ch. 6
     pretraining.py  stage 1: the Q-Former with its ITC, ITM and ITG heads               ch. 6
     blip2_t5.py     stage 2: Q-Former -> projection -> T5                               ch. 7
-    blip2_opt.py    stage 2 with a decoder-only LLM (OPT): the queries in its input     ch. 10 (to come)
+    blip2_opt.py    stage 2 with a decoder-only LLM (OPT): the queries in its input     ch. 10
+    minigpt4.py     MiniGPT-4: the Q-Former frozen, one linear layer, a chat prompt     ch. 10
     hf.py           HuggingFace BLIP-2 weights into these modules, through a key map    ch. 4, 8
     captioning.py   captions (and answers) from images, for any BLIP-2 T5 model         ch. 8
     testing.py      stand-ins where no download can be: HF configs, a drawn image       ch. 3, 4, 8
@@ -22,7 +23,7 @@ The models built from it, and the bridge to real checkpoints:
                     a Perceiver resampler, and the Q-Former beside them
 
 Two folders of their own: ``miniature/`` (the world BLIP-2 is trained in on a CPU, chapters
-6, 7 and 9 and the ``qformer-lite`` command; its README.md maps it) and ``book/`` (the exercises'
+6, 7, 9 and 10 and the ``qformer-lite`` command; its README.md maps it) and ``book/`` (the exercises'
 checkers and the figures, imported by the notebooks).
 """
 

@@ -9,7 +9,9 @@ from qformer_lite.blip2_opt import Blip2OPT
 from qformer_lite.miniature import cache
 from qformer_lite.miniature.checkpoint import build_blip2
 from qformer_lite.miniature.config import MiniatureConfig
-from qformer_lite.miniature.standins import CaptionTokenizer, cached_decoder, load_standins, rebuild_labels
+from qformer_lite.miniature.standins import (
+    CaptionTokenizer, cached_decoder, chat_tokenizer, load_standins, rebuild_labels,
+)
 
 
 def test_opt_framing_starts_and_ends_with_its_one_special_token():
@@ -57,7 +59,8 @@ def test_blip2_opt_runs_on_the_miniature_stand_ins(module_cache):
     images = standins.train_pool.pixels(slice(0, 3))
     out = model(pixel_values=images, input_ids=ids, attention_mask=mask, labels=ids)
     q = config.qformer.num_query_tokens
-    assert out.logits.shape == (3, q + ids.shape[1], len(standins.tokenizer)) and torch.isfinite(out.loss)
+    vocab = len(chat_tokenizer())  # the caption words, then the chat words
+    assert out.logits.shape == (3, q + ids.shape[1], vocab) and torch.isfinite(out.loss)
     written = model.generate(pixel_values=images, num_beams=2, max_new_tokens=4)
     assert written.shape[0] == 3 and written.shape[1] <= 4
 

@@ -33,6 +33,9 @@ DEPENDS_ON = {
                       "language.mask_prob", "language.empty_prob", "language.corruptions"),
     "stage1": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1"),
     "stage2": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2"),
+    # chapter 10's runs on the decoder-only stand-in: from stage 1 (BLIP-2 OPT) or from stage 2
+    # with T5 (MiniGPT-4), so everything chapter 7's run depends on, and the stand-in
+    "decoder-run": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2", "decoder"),
     # a connector's entry names its stage 1 itself, when it has one (compare.cached_connector)
     "connector": ("seed", "train_images", "data", "vision", "language", "qformer", "stage2"),
 }

@@ -85,18 +85,23 @@ class DecoderConfig(JsonConfig):
     """The stand-in for a decoder-only LLM (OPT in BLIP-2, Vicuna in MiniGPT-4): a tiny
     ``transformers`` OPT. Pretrained as the T5 stand-in is, to write a caption after a
     corrupted copy of it (``LanguageConfig``'s corruptions), so that it follows its context:
-    trained on captions alone, it ignores a soft prompt, and stage 2 learns nothing."""
+    trained on captions alone, it ignores a soft prompt, and stage 2 learns nothing. A
+    ``chat_fraction`` of its examples come in MiniGPT-4's chat template, as Vicuna knows
+    its chat format before MiniGPT-4 meets it."""
 
     hidden_size: int = 64
     num_hidden_layers: int = 2
     ffn_dim: int = 128
     num_attention_heads: int = 4
     max_position_embeddings: int = 64
+    chat_fraction: float = 0.5
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         steps=800, batch_size=64, lr=3e-3, warmup_steps=30, weight_decay=0.01))
 
     def __post_init__(self) -> None:
         self.optim = OptimConfig.from_dict(self.optim) if isinstance(self.optim, dict) else self.optim
+        if not 0.0 <= self.chat_fraction <= 1.0:
+            raise ValueError(f"DecoderConfig.chat_fraction must be in [0, 1], got {self.chat_fraction!r}")
 
 
 @dataclass

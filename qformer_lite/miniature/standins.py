@@ -144,6 +144,7 @@ class CaptionTokenizer:
         self._t5 = self._build("$A </s>", [("</s>", self.eos_token_id)])
         self._qformer = self._build("[CLS] $A [SEP]", [("[CLS]", self.cls_token_id), ("[SEP]", self.sep_token_id)])
         self._opt = self._build("</s> $A </s>", [("</s>", self.eos_token_id)])
+        self._opt_prompt = self._build("</s> $A", [("</s>", self.eos_token_id)])
 
     def _build(self, template: str, specials) -> Tokenizer:
         tok = Tokenizer(models.WordLevel(self.vocab, unk_token="<unk>"))
@@ -180,6 +181,11 @@ class CaptionTokenizer:
         """``</s> words </s>``, right-padded, as OPT frames a text (``</s>`` is its start and its
         end): ids and mask, (B, T) each."""
         return self._batch(self._opt, texts)
+
+    def opt_prompt(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``</s> text``, right-padded: OPT's start token and the text, no end token (a prompt
+        to continue, or a text that writes its own end, as a chat turn ends with ``###``)."""
+        return self._batch(self._opt_prompt, texts)
 
     def qformer(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``[CLS] words [SEP]``, right-padded: ids and mask, (B, T) each."""
@@ -279,6 +285,39 @@ def pretrain_t5(
     history = fit(model.parameters(), config.optim, step, "language model", progress)
     return freeze(model), history
 
+# MiniGPT-4's stage-2 chat template, in words the word-level tokenizer splits on spaces:
+# "###Human: <Img><ImageHere></Img> Describe this image in detail. ###Assistant: {caption}###"
+CHAT_PROMPT = "###Human: <Img> <ImageHere> </Img> Describe this image. ###Assistant:"
+CHAT_END = "###"
+CHAT_WORDS = ("###Human:", "<Img>", "<ImageHere>", "</Img>", "Describe", "this", "image.", "###Assistant:", CHAT_END)
+
+
+def chat_tokenizer() -> CaptionTokenizer:
+    """The decoder-only stand-in's tokenizer: the caption words with their usual ids, then the
+    chat template's words (so T5 and the Q-Former, which never see a chat, keep theirs)."""
+    words = vocabulary()
+    clash = sorted(set(words) & set(CHAT_WORDS))
+    if clash:
+        raise ValueError(f"the chat words must not be caption words, got {clash}")
+    return CaptionTokenizer([*words, *CHAT_WORDS])
+
+
+def chat_text(image_words: str, caption: str | None = None) -> str:
+    """The chat template with ``image_words`` where the image goes (``<ImageHere>`` itself, or,
+    in pretraining, a corrupted copy of the caption), followed by the answer and the end
+    symbol when ``caption`` is given."""
+    text = CHAT_PROMPT.replace("<ImageHere>", image_words)
+    return text if caption is None else f"{text} {caption} {CHAT_END}"
+
+
+def answer_labels(ids: torch.Tensor, mask: torch.Tensor, marker: int) -> torch.Tensor:
+    """Labels for a chat turn: what follows the first ``marker`` (``###Assistant:``), the
+    answer and its ``###``, are targets; the prompt, the image and the padding are -100."""
+    after = (ids == marker).long().cumsum(1) > 0
+    target = after & (ids != marker) & (mask == 1)
+    return ids.masked_fill(~target, -100)
+
+
 def opt_config(config: DecoderConfig, tokenizer: CaptionTokenizer) -> OPTConfig:
     """The decoder-only stand-in's configuration: OPT's layout, no dropout."""
     return OPTConfig(
@@ -308,15 +347,27 @@ def pretrain_opt(
 ) -> tuple[OPTForCausalLM, dict[str, list[float]]]:
     """Train a fresh tiny OPT to write a caption after a corrupted copy of it (``corrupt``
     with ``corruption``'s settings), the decoder-only form of the T5 stand-in's task; returns
-    it frozen."""
+    it frozen. A ``config.chat_fraction`` of the examples come in MiniGPT-4's chat template
+    (``chat_text``), the copy between ``<Img>`` and ``</Img>`` and the caption as the answer,
+    ``###`` its end; the others as ``</s> copy </s> caption </s>``. ``tokenizer`` must hold
+    the chat words (``chat_tokenizer``) when ``chat_fraction`` > 0."""
     with seeded(seed):
         model = build_opt(config, tokenizer)
     rng = np.random.default_rng([seed, 13])
+    assistant = tokenizer.vocab.get("###Assistant:") if config.chat_fraction else None
+    if config.chat_fraction and assistant is None:
+        raise ValueError("chat_fraction > 0 needs the chat words in the tokenizer: use standins.chat_tokenizer()")
 
     def step(_: int) -> dict[str, torch.Tensor]:
         targets = [captions[i] for i in rng.integers(len(captions), size=config.optim.batch_size)]
-        ids, mask = tokenizer.opt([f"{corrupt(c, rng, corruption)} </s> {c}" for c in targets])  # (B, T)
+        chat = rng.random(len(targets)) < config.chat_fraction  # (B,)
+        copies = [corrupt(c, rng, corruption) for c in targets]
+        texts = [chat_text(copy, c) if in_chat else f"{copy} </s> {c} </s>"
+                 for c, copy, in_chat in zip(targets, copies, chat)]
+        ids, mask = tokenizer.opt_prompt(texts)  # (B, T), each "</s> ..."
         labels = rebuild_labels(ids, mask, tokenizer.eos_token_id)
+        if chat.any():
+            labels = torch.where(torch.from_numpy(chat)[:, None], answer_labels(ids, mask, assistant), labels)
         logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
         return {"loss": F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)}
 
@@ -326,8 +377,9 @@ def pretrain_opt(
 
 def cached_decoder(config: MiniatureConfig, progress: bool = True, use_cache: bool = True):
     """The decoder-only stand-in read from the cache, or pretrained (and cached): (model,
-    history, from_cache). It reads the training split's captions, as T5 does."""
-    tokenizer = CaptionTokenizer()
+    history, from_cache). It reads the training split's captions, as T5 does, with the chat
+    words in its vocabulary (``chat_tokenizer``)."""
+    tokenizer = chat_tokenizer()
     captions = ShapesDataset("train", config.data, seed=config.seed).captions
     model, history, hit = cache.cached_training(
         cache.entry_for("decoder-model", config), build_opt(config.decoder, tokenizer),

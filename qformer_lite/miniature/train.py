@@ -18,13 +18,14 @@ import torch
 
 from ..blip2_opt import Blip2OPT
 from ..blip2_t5 import Blip2T5
+from ..minigpt4 import MiniGPT4
 from ..pretraining import QFormerPretraining
 from . import cache
 from .checkpoint import build_blip2
 from .config import MiniatureConfig
 from .data import ImagePool, related_captions
 from .evaluate import evaluate
-from .standins import CaptionTokenizer, StandIns, encode_images, load_standins
+from .standins import CaptionTokenizer, StandIns, answer_labels, chat_text, encode_images, load_standins
 from .trainer import fit, seeded
 
 
@@ -107,7 +108,13 @@ def caption_targets(model, tokenizer: CaptionTokenizer, captions: list[str]) -> 
     """What stage 2 gives the model besides the image, for every caption, (N, T) each. T5
     (an empty prompt: [queries; </s>] in its encoder): the caption as ``labels``, "words
     </s>". A decoder-only model (``Blip2OPT``): the caption as its input after the queries,
-    "</s> words </s>", and as ``labels`` from the first word on."""
+    "</s> words </s>", and as ``labels`` from the first word on. ``MiniGPT4``: the chat turn,
+    "</s> ###Human: <Img> <ImageHere> </Img> ... ###Assistant: words ###", the placeholder
+    giving way to the queries, and as ``labels`` the words and ``###`` only."""
+    if isinstance(model, MiniGPT4):
+        ids, mask = tokenizer.opt_prompt([chat_text("<ImageHere>", c) for c in captions])
+        labels = answer_labels(ids, mask, tokenizer.vocab["###Assistant:"])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if isinstance(model, Blip2OPT):
         ids, mask = tokenizer.opt(captions)
         labels = ids.masked_fill(mask == 0, -100)
@@ -156,13 +163,16 @@ def cached_stage2(
     progress: bool = True, use_cache: bool = True,
 ) -> tuple[Blip2T5, dict, bool]:
     """Stage 2 from the stage-1 Q-Former (or, with ``stage1=None``, from a fresh one), read from
-    the cache or trained (and cached). Returns (model, history, from_cache)."""
+    the cache or trained (and cached). Returns (model, history, from_cache); the history holds
+    the losses and, under ``"seconds"``, the training's wall time."""
     model = build_blip2(config, standins, stage1.qformer if stage1 is not None else None)
     desc = "stage 2" if stage1 is not None else "stage 2, no stage 1"
 
     def train():
-        return model, train_stage2(config, model, features, standins.train_pool.captions, standins.tokenizer,
-                                   progress, desc)
+        t = time.perf_counter()
+        history = train_stage2(config, model, features, standins.train_pool.captions, standins.tokenizer,
+                               progress, desc)
+        return model, history | {"seconds": [time.perf_counter() - t]}  # cached with the weights
 
     model, history, hit = cache.cached_training(
         cache.entry_for("stage2", config, from_stage1=stage1 is not None), model, train, use_cache,
