@@ -1,4 +1,5 @@
-"""Captions and short answers from a ``Blip2T5``, batched, with LAVIS's generation settings."""
+"""Captions and short answers from a ``Blip2T5`` or a ``Blip2OPT``, batched, with LAVIS's
+generation settings (``blip2_t5.py`` and ``blip2_opt.py``: ``generate``, ``predict_answers``)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,25 @@ from typing import Callable, Sequence
 
 import torch
 
+from .blip2_opt import Blip2OPT
 from .blip2_t5 import Blip2T5
 
-CAPTION_DEFAULTS = dict(num_beams=5, max_new_tokens=30, min_length=1)  # LAVIS blip2_t5.generate
-VQA_PROMPT = "Question: {} Short answer:"
-VQA_DEFAULTS = dict(num_beams=5, max_new_tokens=10, min_length=1, length_penalty=-1.0)  # LAVIS predict_answers
+CAPTION_DEFAULTS = dict(num_beams=5, max_new_tokens=30, min_length=1)  # LAVIS generate, both kinds
+VQA_PROMPT = "Question: {} Short answer:"  # LAVIS's zero-shot VQAv2 prompt, for T5 and for OPT
+VQA_DEFAULTS = dict(num_beams=5, max_new_tokens=10, min_length=1, length_penalty=-1.0)  # blip2_t5 predict_answers
+OPT_VQA_DEFAULTS = dict(num_beams=5, max_new_tokens=10, min_length=1, length_penalty=0.0)  # blip2_opt's
 
 
 class Captioner:
-    """Pairs a ``Blip2T5`` with its tokenizer and image preprocessing.
+    """Pairs a ``Blip2T5`` or ``Blip2OPT`` with its tokenizer and image preprocessing.
 
     ``image_processor(images) -> pixel_values (B, 3, H, W)``; ``tokenizer`` is a HuggingFace
-    tokenizer (T5's pads on the right, which the T5 encoder's mask handles).
+    tokenizer (T5's pads on the right, which the T5 encoder's mask handles; for OPT, ``Blip2OPT``
+    moves the padding to the left itself, so either side will do). LAVIS ends OPT's captions
+    with "\\n" and passes its id as ``eos_token_id``; pass it too to stop where LAVIS stops.
     """
 
-    def __init__(self, model: Blip2T5, tokenizer, image_processor: Callable[[Sequence], torch.Tensor]):
+    def __init__(self, model: Blip2T5 | Blip2OPT, tokenizer, image_processor: Callable[[Sequence], torch.Tensor]):
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -35,7 +40,7 @@ class Captioner:
         return pixels.to(self.device, dtype)
 
     def encode_prompts(self, prompts: Sequence[str]):
-        """Token ids and mask of a batch of prompts of different lengths, padded on the right."""
+        """Token ids and mask of a batch of prompts of different lengths, padded by the tokenizer."""
         enc = self.tokenizer(list(prompts), padding="longest", return_tensors="pt")
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
 
@@ -52,6 +57,7 @@ class Captioner:
         return self.generate(images, prompts, **{**CAPTION_DEFAULTS, **generate_kwargs})
 
     def answer(self, images, questions: Sequence[str], **generate_kwargs) -> list[str]:
-        """Short answers, with LAVIS's zero-shot VQA prompt and settings."""
+        """Short answers, with LAVIS's zero-shot VQA prompt and its settings for the model's kind."""
         prompts = [VQA_PROMPT.format(q) for q in questions]
-        return self.generate(images, prompts, **{**VQA_DEFAULTS, **generate_kwargs})
+        defaults = OPT_VQA_DEFAULTS if isinstance(self.model, Blip2OPT) else VQA_DEFAULTS
+        return self.generate(images, prompts, **{**defaults, **generate_kwargs})

@@ -224,3 +224,40 @@ def test_a_placeholder_in_some_rows_only_or_twice_is_a_clear_error(pair):
     for ids in (torch.tensor([[BOS, IMG, 5], [BOS, 5, 6]]), torch.tensor([[BOS, IMG, IMG], [BOS, IMG, 6]])):
         with pytest.raises(ValueError, match=r"placeholder \(id 117\) once .* counts per row"):
             mini(pixel_values=pixels(2), input_ids=ids)
+
+
+class WordTokenizer:
+    """OPT's tokenizer in miniature for the tiny vocabulary: "w5 w6" -> [</s>, 5, 6], padded on the right."""
+
+    def __call__(self, texts, padding="longest", return_tensors="pt"):
+        rows = [[BOS, *(int(w[1:]) for w in t.split())] for t in texts]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [PAD] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        return type("Encoding", (), {"input_ids": ids, "attention_mask": mask})
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return [" ".join(f"w{i}" for i in row.tolist() if i not in (PAD, BOS)) for row in ids]
+
+
+@torch.no_grad()
+def test_captioner_batches_opt_prompts_of_different_lengths_as_hf_does_one_at_a_time(pair):
+    from qformer_lite.captioning import OPT_VQA_DEFAULTS, Captioner
+
+    hf, ours = pair
+    tok = WordTokenizer()
+    images = [torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    captioner = Captioner(ours, tok, lambda imgs: torch.stack(list(imgs)))
+    texts = ["w5 w6 w7", "", "w9"]
+    got = captioner.caption(images, prompt=texts, num_beams=3, max_new_tokens=5, min_new_tokens=5)
+    for image, text, caption in zip(images, texts, got):  # one at a time, no padding, through HF
+        enc = tok([text])
+        ids, mask = hf_inputs(hf, enc.input_ids, enc.attention_mask)
+        ref = hf.generate(pixel_values=image[None], input_ids=ids, attention_mask=mask, num_beams=3,
+                          max_new_tokens=5, min_new_tokens=5)
+        assert caption == tok.batch_decode(ref[:, ids.shape[1]:])[0]
+    seen = {}
+    captioner.generate = lambda imgs, prompts, **kw: seen.update(prompts=prompts, **kw)
+    captioner.answer(images[:1], ["what is it?"])
+    assert seen["prompts"] == ["Question: what is it? Short answer:"]
+    assert {k: seen[k] for k in OPT_VQA_DEFAULTS} == OPT_VQA_DEFAULTS  # LAVIS's blip2_opt: length_penalty 0

@@ -956,3 +956,65 @@ def test_the_chapter_9_answers_follow_the_library():
     t5 = build_t5(world.language, CaptionTokenizer())
     assert checks.ANSWERS["linear_prompt_length"][0] == world.vision.num_patches + 1
     assert checks.ANSWERS["t5_encoder_macs_pooled_25"][0] == t5_encoder_macs(t5.config, 26)
+
+
+# --- chapter 10 ------------------------------------------------------------------------------
+
+def _left_pad(embeds, mask):
+    order = torch.sort(mask, dim=1, stable=True).indices
+    return embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1])), mask.gather(1, order)
+
+
+def test_left_padding_passes_and_each_mistake_gets_its_hint(capsys):
+    assert run(capsys, checks.check_left_padding, _left_pad)[0]
+    fails_with(capsys, checks.check_left_padding, lambda e, m: (_left_pad(e, m)[0], m), words="mask stayed")
+    fails_with(capsys, checks.check_left_padding, lambda e, m: (e.flip(1), m.flip(1)), words="reversed")
+
+    def rolled(e, m):  # padding first, but each row's last real token moved to the front of the real ones
+        e, m = _left_pad(e, m)
+        rows = [torch.cat([r[:n_pad], r[n_pad:].roll(1, dims=0)]) for r, n_pad in zip(e, (m == 0).sum(1))]
+        return torch.stack(rows), m
+
+    fails_with(capsys, checks.check_left_padding, rolled, words="own order")
+    zeroed = lambda e, m: (_left_pad(e, m)[0] * _left_pad(e, m)[1][..., None], _left_pad(e, m)[1])  # noqa: E731
+    assert run(capsys, checks.check_left_padding, zeroed)[0]  # whatever sits at the padding is masked out
+    fails_with(capsys, checks.check_left_padding, lambda e, m: e, words="two tensors")
+
+
+def _labels(ids, mask, prompt_length, num_queries, queries=True, prompt=True, pad=True, shift=False):
+    text = ids.clone()
+    if pad:
+        text = text.masked_fill(mask == 0, -100)
+    if prompt:
+        text[:, :prompt_length] = -100
+    if shift:
+        text = torch.cat([text[:, 1:], torch.full_like(text[:, :1], -100)], dim=1)
+    if not queries:
+        return text
+    return torch.cat([torch.full((ids.shape[0], num_queries), -100), text], dim=1)
+
+
+def test_decoder_labels_pass_and_each_mistake_gets_its_hint(capsys):
+    assert run(capsys, checks.check_decoder_labels, _labels)[0]
+    fails_with(capsys, checks.check_decoder_labels, lambda *a: _labels(*a, queries=False), words="block of Q")
+    fails_with(capsys, checks.check_decoder_labels, lambda *a: _labels(*a, prompt=False), words="prompt are targets")
+    fails_with(capsys, checks.check_decoder_labels, lambda *a: _labels(*a, pad=False), words="padding is a target")
+    fails_with(capsys, checks.check_decoder_labels, lambda *a: _labels(*a, shift=True), words="shifted")
+
+    def in_place(ids, mask, prompt_length, num_queries):
+        ids[:, :prompt_length] = -100
+        return _labels(ids, mask, prompt_length, num_queries)
+
+    fails_with(capsys, checks.check_decoder_labels, in_place, words="in place")
+
+
+def test_the_chapter_10_answers_follow_the_library():
+    from qformer_lite.miniature.config import MiniatureConfig
+    from qformer_lite.miniature.standins import chat_text, chat_tokenizer
+
+    tok = chat_tokenizer()
+    ids, _ = tok.opt_prompt([chat_text("<ImageHere>")])
+    q = MiniatureConfig.default().qformer.num_query_tokens
+    assert checks.ANSWERS["chat_positions"][0] == ids.shape[1] - 1 + q  # the placeholder gives way to Q vectors
+    assert checks.ANSWERS["minigpt4_13b_proj_params"][0] == sum(
+        p.numel() for p in torch.nn.Linear(768, 5120).parameters())

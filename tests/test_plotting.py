@@ -324,6 +324,31 @@ def test_connector_tradeoff_draws_a_line_per_kind_and_a_point_for_a_single_m():
     assert fig.get_size_inches()[0] == pytest.approx(plotting.PAGE_WIDTH)
 
 
+def test_sequence_strips_draw_one_cell_per_position_and_refuse_an_unknown_kind():
+    rows = {"left-padded": [("", "pad"), ("q1", "query"), ("</s>", "text"), ("red", "target")],
+            "alone": [("q1", "query"), ("</s>", "text")]}
+    fig = plotting.sequence_strips(rows, title="t")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 6
+    outlined = [p for p in ax.patches if p.get_linewidth() > 1]
+    assert len(outlined) == 1  # the one target
+    assert fig.get_size_inches()[0] == pytest.approx(plotting.PAGE_WIDTH)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        plotting.sequence_strips({"x": [("a", "word")]})
+
+
+def test_decoder_run_bars_label_each_run_with_its_figures():
+    rows = [{"run": "T5", "kind": "blip2-t5", "exact_match": 0.968, "trainable_params": 374_336},
+            {"run": "MiniGPT-4", "kind": "minigpt4", "exact_match": 0.5, "trainable_params": 8_256}]
+    fig = plotting.decoder_run_bars(rows)
+    exact, params = fig.axes
+    assert [p.get_width() for p in exact.patches] == [0.968, 0.5]
+    assert [t.get_text() for t in exact.texts] == [" 96.8%", " 50.0%"]
+    assert [t.get_text() for t in params.texts] == [" 374,336", " 8,256"] and params.get_xscale() == "log"
+    assert exact.patches[1].get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb(
+        plotting.DECODER_RUN_COLORS["minigpt4"]))
+
+
 def test_the_module_lists_its_figures_chapter_by_chapter():
     source = inspect.getsource(plotting)
     defined = [name for name, value in vars(plotting).items()
@@ -332,5 +357,5 @@ def test_the_module_lists_its_figures_chapter_by_chapter():
     assert sorted(plotting.__all__) == sorted(defined)  # every public name, and nothing imported
     figures = [name for name in plotting.__all__ if inspect.isfunction(getattr(plotting, name))]
     assert figures == sorted(figures, key=lambda name: source.index(f"\ndef {name}("))  # book order
-    assert re.findall(r"^# --- chapter (\d)", source, flags=re.MULTILINE) == [str(c) for c in range(1, 10)]
+    assert re.findall(r"^# --- chapter (\d+)", source, flags=re.MULTILINE) == [str(c) for c in range(1, 11)]
     assert not [name for name in figures if name.startswith("plot_")]  # figures are named as nouns

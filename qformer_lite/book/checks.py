@@ -72,6 +72,9 @@ __all__ = [
     # chapter 9
     "check_pooled_tokens",
     "check_perceiver_attention",
+    # chapter 10
+    "check_left_padding",
+    "check_decoder_labels",
 ]
 
 PASS = "✓ Correct"
@@ -301,6 +304,17 @@ _ANSWERS: dict[str, tuple[Any, str]] = {
         "Per layer and position: q, k, v and o are d_model x (heads x d_kv) each; the scores and "
         "their weighted sum are length x heads x d_kv each; the gated FFN is three d_model x d_ff "
         "maps. Count 25 + 1 positions and config.language.num_layers layers.",
+    ),
+    # chapter 10
+    "minigpt4_13b_proj_params": (
+        768 * 5120 + 5120,
+        "llama_proj is one Linear from the Q-Former's width (768) to Vicuna-13B's hidden size "
+        "(5120), with a bias.",
+    ),
+    "chat_positions": (
+        lambda m: 1 + 2 + m.qformer.num_query_tokens + 5,
+        "Count what the stand-in reads: </s>, the words before <ImageHere> (###Human: <Img>), "
+        "one vector per query in its place, then the words after it up to ###Assistant:.",
     ),
 }
 
@@ -1290,3 +1304,82 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
                            "come first.")
     return _say(False, "the output differs from PerceiverAttention's. Hint: queries from the normalised latents, "
                        "keys and values from [x; latents], heads split as 'b n (h d) -> b h n d', to_out last.")
+
+
+# --- chapter 10 ------------------------------------------------------------------------------
+
+@_keeps_random_state
+def check_left_padding(fn: Callable) -> CheckResult:
+    """``fn(embeds, mask)`` -> (embeds, mask): each row's padding moved to the front, its real
+    positions after it in their own order, as a decoder-only model needs them to continue
+    right after the last real token."""
+    name = getattr(fn, "__name__", "your function")
+    gen = torch.Generator().manual_seed(0)
+    embeds = torch.randn(3, 5, 4, generator=gen)  # (B, L, d)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    order = torch.sort(mask, dim=1, stable=True).indices  # 0s first, each group in its order
+    expected = embeds.gather(1, order[..., None].expand(-1, -1, 4)), mask.gather(1, order)
+    failed, got = _call(name, fn, embeds.clone(), mask.clone())
+    if failed is not None:
+        return failed
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return _say(False, f"{name} should return two tensors (embeds, mask), got {type(got).__name__}.")
+    got_embeds, got_mask = got
+    bad = _same_shape(name, got_embeds, expected[0], "(B, L, d)")
+    if bad is not None:
+        return bad
+    if not isinstance(got_mask, torch.Tensor) or not torch.equal(got_mask.long(), expected[1]):
+        if isinstance(got_mask, torch.Tensor) and torch.equal(got_mask.long(), mask):
+            return _say(False, "the mask stayed where it was. Hint: move it with the same indices as the embeddings.")
+        return _say(False, f"mask = {_short(getattr(got_mask, 'tolist', lambda: got_mask)(), 60)}; expected "
+                           f"{expected[1].tolist()}: zeros first, then ones.")
+    real = expected[1] == 1  # what sits at a padded position is masked out: any vector will do there
+    if torch.allclose(got_embeds[real], embeds.flip(1)[real]):
+        return _say(False, "the rows are reversed: the real tokens came out back to front. Hint: move the padding, "
+                           "keep the order of the rest (a stable sort of the mask, 0s before 1s).")
+    if not torch.allclose(got_embeds[real], expected[0][real]):
+        return _say(False, "the real positions are not in their own order after the padding. Hint: "
+                           "torch.sort(mask, dim=1, stable=True).indices gives that order; gather with it.")
+    return _say(True, "padding first, every real token in its order: each row's last position is its last token.")
+
+
+@_keeps_random_state
+def check_decoder_labels(fn: Callable) -> CheckResult:
+    """``fn(ids, mask, prompt_length, num_queries)`` -> labels (B, Q + T), as LAVIS's
+    ``blip2_opt.py`` builds them: -100 for the Q query positions, for the first
+    ``prompt_length`` text tokens (the start token and the prompt) and for the padding; the
+    caption's own ids elsewhere."""
+    name = getattr(fn, "__name__", "your function")
+    ids = torch.tensor([[2, 11, 12, 21, 22, 23, 9], [2, 11, 12, 24, 9, 1, 1]])  # "</s> prompt caption \n"
+    mask = (ids != 1).long()
+    q, prompt_length = 3, 3
+    text = ids.masked_fill(mask == 0, -100)
+    text[:, :prompt_length] = -100
+    expected = torch.cat([torch.full((2, q), -100), text], dim=1)
+    given = ids.clone()
+    failed, got = _call(name, fn, given, mask, prompt_length, q)
+    if failed is not None:
+        return failed
+    if isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(text.shape):
+        return _say(False, f"labels have shape {tuple(got.shape)}, one per text token. Hint: the model's input "
+                           f"is [queries; text], so put a block of Q = {q} labels of -100 in front.")
+    bad = _same_shape(name, got, expected, "(B, Q + T)")
+    if bad is not None:
+        return bad
+    if not torch.equal(given, ids):
+        return _say(False, f"{name} changed its input in place. Hint: clone() first, or use masked_fill.")
+    got = got.long()
+    if not (got[:, :q] == -100).all():
+        return _say(False, "the query positions must be -100: no token there is a target. Hint: "
+                           "torch.full((B, Q), -100) in front of the text's labels.")
+    if torch.equal(got[:, q:-1], expected[:, q + 1:]) or torch.equal(got[:, q + 1:], expected[:, q:-1]):
+        return _say(False, "the labels are shifted by one. Hint: give each position its own id; the model "
+                           "shifts them itself (position t predicts label t + 1).")
+    if (got[:, q:q + prompt_length] != -100).any():
+        return _say(False, "the start token and the prompt are targets. Hint: set the first prompt_length text "
+                           "labels to -100, as LAVIS does (targets[:, :prompt_length] = -100).")
+    if (got[:, q:][mask == 0] != -100).any():
+        return _say(False, "the padding is a target. Hint: -100 wherever the mask is 0.")
+    if not torch.equal(got, expected):
+        return _say(False, f"labels = {got.tolist()}; expected {expected.tolist()}.")
+    return _say(True, "only the caption and its end are targets: queries, start token, prompt and padding are -100.")

@@ -79,6 +79,10 @@ __all__ = [
     # chapter 9
     "CONNECTOR_COLORS",
     "connector_tradeoff",
+    # chapter 10
+    "DECODER_RUN_COLORS",
+    "sequence_strips",
+    "decoder_run_bars",
 ]
 
 
@@ -762,6 +766,70 @@ def connector_tradeoff(rows: Sequence[Mapping], title: str = "Connectors on one 
     axes[0].set_ylim(0, 1.02)
     axes[1].set_ylabel("T5 encoder, ms per batch")
     axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --- chapter 10 ------------------------------------------------------------------------------
+
+DECODER_RUN_COLORS = {"blip2-t5": CONNECTOR_COLORS["qformer+stage1"], "blip2-opt": TEXT_COLOR,
+                      "minigpt4": "#9467bd"}
+
+
+def sequence_strips(rows: Mapping[str, Sequence[tuple[str, str]]], title: str | None = None):
+    """Sequences as a decoder-only model reads them, one strip per named row, one cell per
+    position: ``(label, kind)`` with kind ``"pad"`` (grey), ``"query"`` (a projected query),
+    ``"text"`` (read only) or ``"target"`` (a token the loss learns, outlined). Left to right
+    is the order of the positions; the model writes its next token after the last cell."""
+    fill = {"pad": PAD_COLOR, "query": QUERY_COLOR, "text": "#ffffff", "target": "#ffe9cc"}
+    width = max(len(cells) for cells in rows.values())
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 0.55 * len(rows) + 0.7))
+    for r, (name, cells) in enumerate(rows.items()):
+        y = len(rows) - 1 - r
+        for c, (label, kind) in enumerate(cells):
+            if kind not in fill:
+                raise ValueError(f"kind must be one of {sorted(fill)}, got {kind!r}")
+            ax.add_patch(plt.Rectangle((c, y + 0.1), 0.94, 0.8, facecolor=fill[kind],
+                                       edgecolor=TEXT_COLOR if kind == "target" else "#555555",
+                                       linewidth=1.6 if kind == "target" else 0.6))
+            ax.text(c + 0.47, y + 0.5, label, ha="center", va="center", fontsize=6.5,
+                    rotation=90 if len(label) > 3 else 0, color="white" if kind in ("pad", "query") else "black")
+        ax.text(-0.3, y + 0.5, name, ha="right", va="center", fontsize=8)
+    ax.set_xlim(-0.1, width)
+    ax.set_ylim(0, len(rows))
+    ax.set_aspect("equal")
+    ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=fill[k], edgecolor="#555555") for k in ("pad", "query", "text")]
+    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor=fill["target"], edgecolor=TEXT_COLOR, linewidth=1.6))
+    ax.legend(handles, ["padding", "projected query", "text, read", "text, a target of the loss"],
+              loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def decoder_run_bars(rows: Sequence[Mapping], title: str = "Three stage-2 runs on the same captions"):
+    """Held-out exact match (left) and trainable parameters (right, log scale) of each run, as
+    ``miniature.decoder.decoder_runs`` returns them; each bar labelled with its figure."""
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 2.2 + 0.35 * len(rows)))
+    names = [r["run"] for r in rows]
+    colours = [DECODER_RUN_COLORS.get(r["kind"], TOTAL_COLOR) for r in rows]
+    exact = [r["exact_match"] for r in rows]
+    params = [r["trainable_params"] for r in rows]
+    for ax, values, label in ((axes[0], exact, "held-out exact match"), (axes[1], params, "trainable parameters")):
+        bars = ax.barh(names, values, color=colours)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, axis="x")
+        for bar, v in zip(bars, values):
+            shown = f"{v:.1%}" if isinstance(v, float) else f"{v:,}"
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {shown}", va="center", fontsize=8)
+    axes[0].set_xlim(0, 1.18)
+    axes[1].set_xscale("log")
+    axes[1].set_xlim(min(params) / 2, max(params) * 12)
+    axes[1].set_yticklabels([])
     fig.suptitle(title)
     fig.tight_layout()
     return fig

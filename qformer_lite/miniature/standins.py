@@ -134,11 +134,17 @@ class CaptionTokenizer:
     start, and the Q-Former's pad), ``</s>`` is T5's end, ``[CLS]``/``[SEP]`` frame the
     Q-Former's text, ``[DEC]`` replaces ``[CLS]`` for its ITG pass."""
 
-    def __init__(self, words: list[str] | None = None):
+    def __init__(self, words: list[str] | None = None, framing: str = "t5"):
         words = vocabulary() if words is None else list(words)
         clash = sorted(set(words) & set(SPECIAL_TOKENS))
         if clash:
             raise ValueError(f"words must not contain special tokens, got {clash}")
+        if len(set(words)) != len(words):
+            raise ValueError("words must not repeat: each word gets one id")
+        if framing not in ("t5", "opt"):
+            raise ValueError(f"framing must be 't5' or 'opt' (the language model the tokenizer's calls serve), "
+                             f"got {framing!r}")
+        self.framing = framing
         self.vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *words])}
         self.words = words
         self._t5 = self._build("$A </s>", [("</s>", self.eos_token_id)])
@@ -192,15 +198,17 @@ class CaptionTokenizer:
         return self._batch(self._qformer, texts)
 
     def __call__(self, texts: list[str], padding: str | bool = "longest", return_tensors: str = "pt"):
-        """The HuggingFace tokenizer call that ``Captioner`` makes: T5 framing (``words </s>``),
-        right-padded to the longest. Returns an object with ``.input_ids`` and ``.attention_mask``."""
+        """The HuggingFace tokenizer call that ``Captioner`` makes, framed as the language
+        model's own tokenizer frames a text: T5's ``words </s>``, or OPT's ``</s> words``
+        (``framing="opt"``); right-padded to the longest. Returns an object with
+        ``.input_ids`` and ``.attention_mask``."""
         if padding not in ("longest", True) or return_tensors != "pt":
             raise ValueError(
                 f"CaptionTokenizer pads to the longest text and returns torch tensors: expected "
                 f'padding="longest" and return_tensors="pt", got padding={padding!r}, '
                 f"return_tensors={return_tensors!r}"
             )
-        ids, mask = self.t5(texts)
+        ids, mask = self.t5(texts) if self.framing == "t5" else self.opt_prompt(texts)
         return SimpleNamespace(input_ids=ids, attention_mask=mask)
 
     def decode(self, ids) -> str:
@@ -220,11 +228,12 @@ class CaptionTokenizer:
         return [self.decode(row) for row in ids]
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"words": self.words}, indent=1) + "\n")
+        Path(path).write_text(json.dumps({"words": self.words, "framing": self.framing}, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "CaptionTokenizer":
-        return cls(json.loads(Path(path).read_text())["words"])
+        saved = json.loads(Path(path).read_text())
+        return cls(saved["words"], saved.get("framing", "t5"))
 
 
 def t5_config(config: LanguageConfig, tokenizer: CaptionTokenizer) -> T5Config:
@@ -294,12 +303,13 @@ CHAT_WORDS = ("###Human:", "<Img>", "<ImageHere>", "</Img>", "Describe", "this",
 
 def chat_tokenizer() -> CaptionTokenizer:
     """The decoder-only stand-in's tokenizer: the caption words with their usual ids, then the
-    chat template's words (so T5 and the Q-Former, which never see a chat, keep theirs)."""
+    chat template's words (so T5 and the Q-Former, which never see a chat, keep theirs);
+    called as HuggingFace's, it frames a text as OPT's tokenizer does, ``</s> words``."""
     words = vocabulary()
     clash = sorted(set(words) & set(CHAT_WORDS))
     if clash:
         raise ValueError(f"the chat words must not be caption words, got {clash}")
-    return CaptionTokenizer([*words, *CHAT_WORDS])
+    return CaptionTokenizer([*words, *CHAT_WORDS], framing="opt")
 
 
 def chat_text(image_words: str, caption: str | None = None) -> str:
