@@ -16,8 +16,15 @@ second in the same run, beside HF timed against itself (``hf-again``), which sho
 the ratio moves by noise alone. Peak memory is torch's peak allocation during a call, above what the
 shared weights already hold.
 
+With ``--lm opt`` the language model is OPT-2.7B (``Salesforce/blip2-opt-2.7b``'s
+architecture, ``qformer_lite.testing.opt_2_7b_blip2_config``) and the model ``Blip2OPT``, made
+by ``blip2_opt_from_hf``; float16 by default, as LAVIS runs OPT. HF's input is its
+``num_query_tokens`` placeholders and ``</s>``; ``Blip2OPT`` takes nothing (``</s>`` is its
+empty prompt), and the ids compared are the new tokens of each.
+
     python benchmarks/bench_captioning.py --device cuda            # bf16, BLIP-2 size
-    python benchmarks/bench_captioning.py --smoke                  # CPU, a small model
+    python benchmarks/bench_captioning.py --device cuda --lm opt   # fp16, OPT-2.7B
+    python benchmarks/bench_captioning.py --smoke [--lm opt]       # CPU, a small model
 """
 
 from __future__ import annotations
@@ -32,41 +39,45 @@ import torch
 IMAGE_TOKEN = 32100  # any id of the vocabulary: HF's placeholders for the 32 queries
 
 
-def full_size_config():
-    from qformer_lite.testing import flan_t5_xl_blip2_config
+def full_size_config(lm="t5"):
+    from qformer_lite.testing import flan_t5_xl_blip2_config, opt_2_7b_blip2_config
 
-    return flan_t5_xl_blip2_config(image_token_id=IMAGE_TOKEN)
+    return opt_2_7b_blip2_config() if lm == "opt" else flan_t5_xl_blip2_config(image_token_id=IMAGE_TOKEN)
 
 
-def smoke_config():
-    from qformer_lite.testing import tiny_hf_blip2_config
+def smoke_config(lm="t5"):
+    from qformer_lite.testing import tiny_hf_blip2_config, tiny_hf_blip2_opt_config
 
+    if lm == "opt":
+        return tiny_hf_blip2_opt_config()
     cfg = tiny_hf_blip2_config(text_input=False)
     cfg.image_token_id = 119
     return cfg
 
 
-def build(cfg, device, dtype, seed=0):
+def build(cfg, device, dtype, seed=0, lm="t5"):
     from transformers import Blip2ForConditionalGeneration
 
-    from qformer_lite.hf import blip2_t5_from_hf
+    from qformer_lite.hf import blip2_opt_from_hf, blip2_t5_from_hf
     from qformer_lite.testing import untie_lm_head_
 
     torch.manual_seed(seed)
     with torch.device(device):
         hf = Blip2ForConditionalGeneration(cfg)
-        untie_lm_head_(hf)  # Flan-T5-XL's head is its own, not the shared embeddings
+        if lm == "t5":
+            untie_lm_head_(hf)  # Flan-T5-XL's head is its own, not the shared embeddings
     with torch.no_grad():
         hf.query_tokens.normal_(0.0, 0.02)  # HF starts them at zero; make them matter
     hf.to(dtype)
     hf.qformer.float()  # as from_pretrained keeps it (_keep_in_fp32_modules)
-    if dtype == torch.float16:  # and T5's feed-forward output layers, which overflow in fp16
+    if dtype == torch.float16 and lm == "t5":  # and T5's feed-forward output layers, which overflow in fp16
         for name, module in hf.language_model.named_modules():
             if name.endswith(".wo"):
                 module.float()
     hf.query_tokens.data = hf.query_tokens.data.float()
     hf.eval()
-    lite = blip2_t5_from_hf(hf, device=device)  # shares the vision encoder and T5 with hf
+    load = blip2_opt_from_hf if lm == "opt" else blip2_t5_from_hf
+    lite = load(hf, device=device)  # shares the vision encoder and the language model with hf
     return hf, lite
 
 
@@ -83,24 +94,33 @@ def main(argv=None):
     p.add_argument("--beams", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=30)
     p.add_argument("--repeats", type=int, default=12)
+    p.add_argument("--lm", default="t5", choices=["t5", "opt"], help="Flan-T5-XL (default) or OPT-2.7B")
     p.add_argument("--smoke", action="store_true", help="a small model on the CPU, to check the script runs")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     if args.smoke:
         args.device, args.batch, args.repeats, args.new_tokens = "cpu", 4, 3, 8
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
+    on_gpu = "float16" if args.lm == "opt" else "bfloat16"  # LAVIS: OPT in float16, T5 in bfloat16
+    dtype = getattr(torch, args.dtype or (on_gpu if args.device == "cuda" else "float32"))
 
-    cfg = smoke_config() if args.smoke else full_size_config()
+    cfg = smoke_config(args.lm) if args.smoke else full_size_config(args.lm)
     t0 = time.perf_counter()
-    hf, lite = build(cfg, args.device, dtype)
+    hf, lite = build(cfg, args.device, dtype, lm=args.lm)
     build_s = time.perf_counter() - t0
     size = cfg.vision_config.image_size
     pixels = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     pixels = pixels.to(args.device, dtype)
     gen = dict(num_beams=args.beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
 
-    def run_hf():
-        return hf.generate(pixel_values=pixels, **gen)  # HF puts q placeholders + </s> in front itself
+    if args.lm == "opt":  # transformers 5: one placeholder per query, then OPT's </s>
+        holders = [cfg.image_token_index] * cfg.num_query_tokens + [cfg.text_config.bos_token_id]
+        hf_ids = torch.tensor([holders] * args.batch, device=args.device)
+
+        def run_hf():
+            return hf.generate(pixel_values=pixels, input_ids=hf_ids, **gen)[:, hf_ids.shape[1]:]
+    else:
+        def run_hf():
+            return hf.generate(pixel_values=pixels, **gen)  # HF puts q placeholders + </s> in front itself
 
     def run_lite():
         return lite.generate(pixels, **gen)
@@ -145,7 +165,7 @@ def main(argv=None):
     ips = {v: args.batch / statistics.median(t) for v, t in times.items()}
     pairwise = {v: statistics.median(h / t for h, t in zip(times["hf"], times[v])) for v in variants}
     result = {
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "language_model": args.lm,
         "dtype": str(dtype).removeprefix("torch."), "batch": args.batch, "beams": args.beams,
         "new_tokens": args.new_tokens, "repeats": args.repeats, "build_seconds": build_s,
         "images_per_second": ips, "ratio_lite_over_hf": ips["lite"] / ips["hf"],

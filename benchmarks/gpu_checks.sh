@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, in one run: the Q-Former benchmark in bf16 and the captioning benchmark at
-# BLIP-2 size in bf16 and in fp16 (T5's feed-forward outputs in fp32, as on a T4).
+# BLIP-2 size in bf16 and in fp16 (T5's feed-forward outputs in fp32, as on a T4), and with
+# OPT-2.7B in fp16, as LAVIS runs it.
 # Results go to $OUT (or ./gpu-results).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,3 +12,4 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 python3 benchmarks/bench_qformer.py --device cuda --dtype bfloat16 --repeats 30 --json "$out/bench_qformer_bf16.json" 2>&1 | tee "$out/bench_qformer_bf16.txt"
 python3 benchmarks/bench_captioning.py --device cuda --dtype bfloat16 --batch 16 --repeats 12 --json "$out/bench_captioning_bf16.json" 2>&1 | tail -40 | tee "$out/bench_captioning_bf16.txt"
 python3 benchmarks/bench_captioning.py --device cuda --dtype float16 --batch 8 --repeats 6 --json "$out/bench_captioning_fp16.json" 2>&1 | tail -40 | tee "$out/bench_captioning_fp16.txt"
+python3 benchmarks/bench_captioning.py --device cuda --lm opt --dtype float16 --batch 16 --repeats 12 --json "$out/bench_captioning_opt_fp16.json" 2>&1 | tail -40 | tee "$out/bench_captioning_opt_fp16.txt"

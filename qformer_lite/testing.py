@@ -39,6 +39,24 @@ def flan_t5_xl_blip2_config(image_token_id: int = 32100):
     return config
 
 
+def opt_2_7b_blip2_config(image_token_index: int = 50265):
+    """The architecture of ``Salesforce/blip2-opt-2.7b`` as an HF ``Blip2Config``, to build with
+    random weights (no download): EVA ViT-g/14 and BLIP-2's Q-Former as in
+    ``flan_t5_xl_blip2_config``, and OPT-2.7B (2560 wide, 32 layers, 50272 words, its output
+    layer tied to its embeddings: 2,651,596,800 parameters). ``image_token_index``: the
+    placeholder id transformers 5 expects, one per query, in ``input_ids``."""
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig
+
+    opt = OPTConfig(
+        vocab_size=50272, hidden_size=2560, num_hidden_layers=32, ffn_dim=10240, num_attention_heads=32,
+        max_position_embeddings=2048, word_embed_proj_dim=2560, pad_token_id=1, bos_token_id=2, eos_token_id=2,
+    )
+    return Blip2Config(
+        vision_config=Blip2VisionConfig().to_dict(), qformer_config=Blip2QFormerConfig().to_dict(),
+        text_config=opt.to_dict(), num_query_tokens=32, image_token_index=image_token_index,
+    )
+
+
 def untie_lm_head_(model: nn.Module) -> nn.Module:
     """Give T5's ``lm_head`` a weight of its own (a copy of the shared embeddings), as Flan-T5's
     checkpoints have. ``model``: a ``Blip2ForConditionalGeneration`` or a T5 built from a

@@ -261,3 +261,18 @@ def test_captioner_batches_opt_prompts_of_different_lengths_as_hf_does_one_at_a_
     captioner.answer(images[:1], ["what is it?"])
     assert seen["prompts"] == ["Question: what is it? Short answer:"]
     assert {k: seen[k] for k in OPT_VQA_DEFAULTS} == OPT_VQA_DEFAULTS  # LAVIS's blip2_opt: length_penalty 0
+
+
+def test_opt_2_7b_architecture_counts_as_the_checkpoint():
+    """Built on the meta device (shapes only): OPT-2.7B's 2,651,596,800 parameters, its output
+    layer tied to its embeddings as in the checkpoint, and BLIP-2's Q-Former."""
+    from qformer_lite.testing import opt_2_7b_blip2_config
+
+    config = opt_2_7b_blip2_config()
+    with torch.device("meta"):
+        hf = Blip2ForConditionalGeneration(config)
+    lm = hf.language_model
+    assert lm.lm_head.weight is lm.get_input_embeddings().weight
+    assert sum(p.numel() for p in lm.parameters()) == 2_651_596_800
+    assert sum(p.numel() for p in hf.qformer.parameters()) + hf.query_tokens.numel() == 105_162_240
+    assert hf.language_projection.out_features == 2560 and config.image_token_index == 50265

@@ -261,7 +261,8 @@ GLOSSARY_TERMS = [  # the chapters link these with {term}: each must be a term o
     "causal mask", "unimodal mask", "bi-directional mask", "multimodal causal mask", "ITC", "ITM", "ITG",
     "key/value cache", "hard negative", "temperature", "stage 1", "stage 2", "soft prompt", "recall@1",
     "label smoothing", "ln_vision", "beam search", "LAVIS", "EVA-CLIP", "[DEC]", "prefix language modelling",
-    "CapFilt", "connector", "Perceiver resampler", "adaptive average pooling",
+    "CapFilt", "connector", "Perceiver resampler", "adaptive average pooling", "decoder-only language model",
+    "left padding", "chat template",
 ]
 
 
