@@ -781,32 +781,39 @@ def sequence_strips(rows: Mapping[str, Sequence[tuple[str, str]]], title: str | 
     """Sequences as a decoder-only model reads them, one strip per named row, one cell per
     position: ``(label, kind)`` with kind ``"pad"`` (grey), ``"query"`` (a projected query),
     ``"text"`` (read only) or ``"target"`` (a token the loss learns, outlined). Left to right
-    is the order of the positions; the model writes its next token after the last cell."""
+    is the order of the positions; the model writes its next token after the last cell.
+    Labels longer than three characters are written upwards, in cells tall enough for them."""
     fill = {"pad": PAD_COLOR, "query": QUERY_COLOR, "text": "#ffffff", "target": "#ffe9cc"}
-    width = max(len(cells) for cells in rows.values())
-    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 0.55 * len(rows) + 0.7))
-    for r, (name, cells) in enumerate(rows.items()):
-        y = len(rows) - 1 - r
-        for c, (label, kind) in enumerate(cells):
+    for cells in rows.values():
+        for _, kind in cells:
             if kind not in fill:
                 raise ValueError(f"kind must be one of {sorted(fill)}, got {kind!r}")
-            ax.add_patch(plt.Rectangle((c, y + 0.1), 0.94, 0.8, facecolor=fill[kind],
+    width = max(len(cells) for cells in rows.values())
+    longest = max(len(label) for cells in rows.values() for label, _ in cells)
+    height = 0.8 if longest <= 3 else 0.6 + 0.22 * longest  # in cell widths
+    step = height + 0.35
+    cell_inches = min(0.42, (PAGE_WIDTH - 1.6) / width)
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, cell_inches * step * len(rows) + 1.0))
+    for r, (name, cells) in enumerate(rows.items()):
+        y = (len(rows) - 1 - r) * step
+        for c, (label, kind) in enumerate(cells):
+            ax.add_patch(plt.Rectangle((c, y), 0.94, height, facecolor=fill[kind],
                                        edgecolor=TEXT_COLOR if kind == "target" else "#555555",
                                        linewidth=1.6 if kind == "target" else 0.6))
-            ax.text(c + 0.47, y + 0.5, label, ha="center", va="center", fontsize=6.5,
+            ax.text(c + 0.47, y + height / 2, label, ha="center", va="center", fontsize=7,
                     rotation=90 if len(label) > 3 else 0, color="white" if kind in ("pad", "query") else "black")
-        ax.text(-0.3, y + 0.5, name, ha="right", va="center", fontsize=8)
+        ax.text(-0.3, y + height / 2, name, ha="right", va="center", fontsize=8)
     ax.set_xlim(-0.1, width)
-    ax.set_ylim(0, len(rows))
+    ax.set_ylim(-0.05, (len(rows) - 1) * step + height + 0.05)
     ax.set_aspect("equal")
     ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=fill[k], edgecolor="#555555") for k in ("pad", "query", "text")]
     handles.append(plt.Rectangle((0, 0), 1, 1, facecolor=fill["target"], edgecolor=TEXT_COLOR, linewidth=1.6))
-    ax.legend(handles, ["padding", "projected query", "text, read", "text, a target of the loss"],
-              loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8, frameon=False)
+    fig.legend(handles, ["padding", "projected query", "text, read", "text, a target of the loss"],
+               loc="lower center", ncol=4, fontsize=8, frameon=False)
     if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
