@@ -11,7 +11,10 @@ from .blip2_opt import Blip2OPT
 from .blip2_t5 import Blip2T5
 
 CAPTION_DEFAULTS = dict(num_beams=5, max_new_tokens=30, min_length=1)  # LAVIS generate, both kinds
-VQA_PROMPT = "Question: {} Short answer:"  # LAVIS's zero-shot VQAv2 prompt, for T5 and for OPT
+# zero-shot VQA prompts of the BLIP-2 paper (Sec. 4.2): "Short answer" for Flan-T5, "Answer" for OPT
+# (LAVIS's OPT eval config, vqav2_zeroshot_opt_eval.yaml, writes "Short answer" for both)
+VQA_PROMPT = "Question: {} Short answer:"
+OPT_VQA_PROMPT = "Question: {} Answer:"
 VQA_DEFAULTS = dict(num_beams=5, max_new_tokens=10, min_length=1, length_penalty=-1.0)  # blip2_t5 predict_answers
 OPT_VQA_DEFAULTS = dict(num_beams=5, max_new_tokens=10, min_length=1, length_penalty=0.0)  # blip2_opt's
 
@@ -57,7 +60,8 @@ class Captioner:
         return self.generate(images, prompts, **{**CAPTION_DEFAULTS, **generate_kwargs})
 
     def answer(self, images, questions: Sequence[str], **generate_kwargs) -> list[str]:
-        """Short answers, with LAVIS's zero-shot VQA prompt and its settings for the model's kind."""
-        prompts = [VQA_PROMPT.format(q) for q in questions]
-        defaults = OPT_VQA_DEFAULTS if isinstance(self.model, Blip2OPT) else VQA_DEFAULTS
+        """Short answers, with the zero-shot VQA prompt and LAVIS's settings for the model's kind."""
+        opt = isinstance(self.model, Blip2OPT)
+        prompts = [(OPT_VQA_PROMPT if opt else VQA_PROMPT).format(q) for q in questions]
+        defaults = OPT_VQA_DEFAULTS if opt else VQA_DEFAULTS
         return self.generate(images, prompts, **{**defaults, **generate_kwargs})

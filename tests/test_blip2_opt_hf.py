@@ -259,7 +259,7 @@ def test_captioner_batches_opt_prompts_of_different_lengths_as_hf_does_one_at_a_
     seen = {}
     captioner.generate = lambda imgs, prompts, **kw: seen.update(prompts=prompts, **kw)
     captioner.answer(images[:1], ["what is it?"])
-    assert seen["prompts"] == ["Question: what is it? Short answer:"]
+    assert seen["prompts"] == ["Question: what is it? Answer:"]  # the BLIP-2 paper's prompt for OPT
     assert {k: seen[k] for k in OPT_VQA_DEFAULTS} == OPT_VQA_DEFAULTS  # LAVIS's blip2_opt: length_penalty 0
 
 

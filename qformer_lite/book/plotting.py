@@ -14,6 +14,7 @@ import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import PercentFormatter
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch, Rectangle
@@ -834,6 +835,7 @@ def decoder_run_bars(rows: Sequence[Mapping], title: str = "Three stage-2 runs o
             shown = f"{v:.1%}" if isinstance(v, float) else f"{v:,}"
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {shown}", va="center", fontsize=8)
     axes[0].set_xlim(0, 1.18)
+    axes[0].xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     axes[1].set_xscale("log")
     axes[1].set_xlim(min(params) / 2, max(params) * 12)
     axes[1].set_yticklabels([])
