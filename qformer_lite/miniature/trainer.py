@@ -1,7 +1,7 @@
 """The one training loop of the miniature, and what it needs: its settings, its schedule, its seeds.
 
-Four trainings call ``fit``: the ViT stand-in, the T5 stand-in, stage 1 and stage 2. Each
-brings its own parameters and a ``step`` function that draws its batch and returns its losses;
+Every training calls ``fit``: the ViT, T5 and OPT stand-ins, stage 1 and stage 2 (with T5,
+or with OPT). Each brings its own parameters and a ``step`` function that draws its batch and returns its losses;
 the loop does the rest (AdamW, the learning-rate schedule, backward, the history, the
 progress bar), as minGPT's ``Trainer.run`` does.
 """
