@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blip2_t5 import FrozenEnds, query_prefix, require_query_only
+from .blip2_t5 import FrozenEnds, query_prefix
 from .qformer import QFormer
 
 
@@ -45,7 +45,7 @@ class Blip2OPT(FrozenEnds):
 
     def __init__(self, vision_encoder: nn.Module, qformer: QFormer, language_model: nn.Module,
                  image_token_id: int | None = None):
-        require_query_only(qformer, "Blip2OPT")
+        self.check_qformer(qformer)
         if getattr(language_model.config, "is_encoder_decoder", False):
             raise ValueError(
                 f"Blip2OPT needs a decoder-only language model, got the encoder-decoder "
@@ -113,13 +113,16 @@ class Blip2OPT(FrozenEnds):
         # before the placeholder: text j; then query j - at; after: text j - Q + 1 (one token dropped)
         return torch.where(j < at, q + j, torch.where(j < at + q, j - at, j + 1))
 
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, image_embeds=None):
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, image_embeds=None,
+                **prefix_inputs):
         """``input_ids``: the text after the queries, alone (no image placeholders): ``<s>``,
         the prompt, and in training the target after it, padded on either side.
         ``labels``: ``input_ids`` with -100 wherever no loss is wanted (the prompt, the
         padding); the query positions are left out here. ``image_embeds`` may replace
-        ``pixel_values``."""
-        prefix, out = self.image_prefix(pixel_values, image_embeds=image_embeds)
+        ``pixel_values``; ``prefix_inputs``: what ``image_prefix`` reads besides (InstructBLIP's
+        instruction)."""
+        self.check_extra_inputs(prefix_inputs)
+        prefix, out = self.image_prefix(pixel_values, image_embeds=image_embeds, **prefix_inputs)
         embeds, mask, positions, labels = self._decoder_inputs(prefix, input_ids, attention_mask, labels)
         logits = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
         loss = None
@@ -136,6 +139,7 @@ class Blip2OPT(FrozenEnds):
         """
         generate_kwargs.setdefault("num_beams", 5)
         generate_kwargs.setdefault("max_new_tokens", 30)
-        prefix, _ = self.image_prefix(pixel_values, image_embeds=image_embeds)
+        extra = self.split_prefix_inputs(generate_kwargs)
+        prefix, _ = self.image_prefix(pixel_values, image_embeds=image_embeds, **extra)
         embeds, mask, _, _ = self._decoder_inputs(prefix, input_ids, attention_mask)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)

@@ -56,6 +56,10 @@ class FrozenEnds(nn.Module):
     computed once and reused (``image_embeds``), as the miniature does.
     """
 
+    # what ``image_prefix`` reads besides the image, passed by name to ``forward`` and ``generate``
+    # (InstructBLIP: the instruction); BLIP-2 reads nothing else
+    prefix_inputs: tuple[str, ...] = ()
+
     def __init__(self, vision_encoder: nn.Module, language_model: nn.Module):
         super().__init__()
         self.vision_encoder = vision_encoder
@@ -73,6 +77,21 @@ class FrozenEnds(nn.Module):
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.vision_encoder(pixel_values)
         return getattr(out, "last_hidden_state", out)  # (B, N, C)
+
+    def split_prefix_inputs(self, kwargs: dict) -> dict:
+        """Take the ``prefix_inputs`` out of ``kwargs``; the rest goes to the language model."""
+        return {name: kwargs.pop(name) for name in self.prefix_inputs if name in kwargs}
+
+    def check_extra_inputs(self, extra: dict) -> None:
+        unknown = sorted(set(extra) - set(self.prefix_inputs))
+        if unknown:
+            takes = f"; it reads {', '.join(self.prefix_inputs)} besides the image" if self.prefix_inputs else ""
+            raise ValueError(f"{type(self).__name__} got unexpected inputs {unknown}{takes}")
+
+    @classmethod
+    def check_qformer(cls, qformer: QFormer) -> None:
+        """BLIP-2's stage 2 uses the Q-Former's query path only (InstructBLIP's keeps its text parts)."""
+        require_query_only(qformer, cls.__name__)
 
     def image_features(self, pixel_values: torch.Tensor | None, image_embeds: torch.Tensor | None) -> torch.Tensor:
         """The frozen encoder's features (B, N, C): ``image_embeds`` as given, or computed from
@@ -140,15 +159,17 @@ class PrefixT5(FrozenEnds):
 
     def forward(
         self, pixel_values=None, input_ids=None, attention_mask=None, labels=None, decoder_input_ids=None,
-        image_embeds=None,
+        image_embeds=None, **prefix_inputs,
     ):
         """``input_ids``: the text the encoder reads after the queries, alone (no image
         placeholders): a prompt, or the prefix of a text split for prefix language
         modelling; ``None`` is the empty prompt (``</s>``). ``labels``: the target ids with
         padding at -100. T5 shifts the labels right to make its decoder inputs. Without
         labels or ``decoder_input_ids``, the logits are those of the decoder's first step.
-        ``image_embeds`` may replace ``pixel_values`` (see ``image_prefix``)."""
-        prefix, extra = self.image_prefix(pixel_values, image_embeds=image_embeds)
+        ``image_embeds`` may replace ``pixel_values`` (see ``image_prefix``); ``prefix_inputs``:
+        what the model's ``image_prefix`` reads besides (``prefix_inputs``)."""
+        self.check_extra_inputs(prefix_inputs)
+        prefix, extra = self.image_prefix(pixel_values, image_embeds=image_embeds, **prefix_inputs)
         inputs_embeds, mask = self._encoder_inputs(prefix, input_ids, attention_mask)
         if labels is None and decoder_input_ids is None:
             start = self.language_model.config.decoder_start_token_id
@@ -169,7 +190,8 @@ class PrefixT5(FrozenEnds):
         """
         generate_kwargs.setdefault("num_beams", 5)
         generate_kwargs.setdefault("max_new_tokens", 30)
-        prefix, _ = self.image_prefix(pixel_values, image_embeds=image_embeds)
+        extra = self.split_prefix_inputs(generate_kwargs)
+        prefix, _ = self.image_prefix(pixel_values, image_embeds=image_embeds, **extra)
         inputs_embeds, mask = self._encoder_inputs(prefix, input_ids, attention_mask)
         return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, **generate_kwargs)
 
@@ -186,7 +208,7 @@ class Blip2T5(PrefixT5):
     """
 
     def __init__(self, vision_encoder: nn.Module, qformer: QFormer, language_model: nn.Module):
-        require_query_only(qformer, "Blip2T5")
+        self.check_qformer(qformer)
         super().__init__(vision_encoder, language_model)
         self.qformer = qformer
         self.language_projection = nn.Linear(qformer.config.hidden_size, language_model.config.d_model)

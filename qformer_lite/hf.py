@@ -53,6 +53,13 @@ HEAD_PARTS = ("vision_projection.", "text_projection.", "itm_head.")
 
 SUPPORTED = ("Blip2Model", "Blip2ForConditionalGeneration", "Blip2ForImageTextRetrieval")
 
+# InstructBLIP's Q-Former keeps its text embeddings, and the LayerNorm over [queries; text], in
+# qformer.embeddings; the layers are named as in BLIP-2
+INSTRUCTBLIP_KEY_MAP = [
+    (r"qformer\.embeddings\.(word_embeddings|position_embeddings)\.weight", r"embeddings.\1.weight"),
+    (r"qformer\.embeddings\.layernorm\.(weight|bias)", r"layernorm.\1"),
+] + [(p, t) for p, t in QFORMER_KEY_MAP if not p.startswith(("embeddings", r"qformer\.layernorm"))]
+
 
 def map_key(name: str, table=QFORMER_KEY_MAP) -> str | None:
     """The ``qformer_lite`` name of an HF weight, or None if the table has no entry for it."""
@@ -80,14 +87,16 @@ def config_from_hf(hf_config) -> QFormerConfig:
         encoder_hidden_size=q.encoder_hidden_size,
         initializer_range=q.initializer_range,
         num_query_tokens=hf_config.num_query_tokens,
-        image_text_hidden_size=hf_config.image_text_hidden_size,
-        use_qformer_text_input=bool(q.use_qformer_text_input),
+        image_text_hidden_size=getattr(hf_config, "image_text_hidden_size", 256),  # InstructBLIP has no ITC
+        use_qformer_text_input=bool(getattr(q, "use_qformer_text_input", True)),  # InstructBLIP's always reads text
         pad_token_id=q.pad_token_id if q.pad_token_id is not None else 0,
     )
 
 
-def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_config=None, device=None):
-    """Return an HF BLIP-2 model: the one given, or one loaded from a local folder or a hub id.
+def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_config=None, device=None,
+                  model_type="blip-2"):
+    """Return an HF BLIP-2 model (or, with ``model_type="instructblip"``, an InstructBLIP one):
+    the one given, or one loaded from a local folder or a hub id.
 
     ``check_config(config)`` may refuse a checkpoint before its weights are read."""
     import transformers
@@ -111,9 +120,9 @@ def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_c
     except OSError as err:
         where = f"the folder '{text}'" if looks_local else f"the HuggingFace hub id '{text}' (offline, or no such model?)"
         raise OSError(f"could not read a model config from {where}: {err}") from None
-    arch = (getattr(hf_config, "architectures", None) or ["Blip2Model"])[0]
-    if getattr(hf_config, "model_type", None) != "blip-2":
-        raise ValueError(f"'{text}' is a {getattr(hf_config, 'model_type', '?')!r} model, not a BLIP-2 one")
+    arch = (getattr(hf_config, "architectures", None) or [classes[0]])[0]
+    if getattr(hf_config, "model_type", None) != model_type:
+        raise ValueError(f"'{text}' is a {getattr(hf_config, 'model_type', '?')!r} model, not a {model_type!r} one")
     if arch not in classes:
         raise ValueError(f"'{text}' holds a {arch}; expected one of {', '.join(classes)}")
     if check_config is not None:
@@ -271,3 +280,44 @@ def blip2_opt_from_hf(model_or_path, dtype: torch.dtype | None = None, device=No
         for part in (hf.vision_model, hf.language_projection, hf.language_model):
             part.to(dtype)
     return _assembled(Blip2OPT(hf.vision_model, qformer, hf.language_model), hf, device)
+
+
+def instructblip_from_hf(model_or_path, dtype: torch.dtype | None = None, device=None):
+    """An ``InstructBlipT5`` (Flan-T5) or ``InstructBlipDecoder`` (Vicuna, OPT) from an HF
+    ``InstructBlipForConditionalGeneration`` (or a model id such as
+    ``Salesforce/instructblip-flan-t5-xl`` or ``Salesforce/instructblip-vicuna-7b``, or a local
+    folder holding one). The Q-Former, with its text parts, is converted through the key map
+    (``INSTRUCTBLIP_KEY_MAP``) and kept in float32; the vision encoder, the projection and the
+    language model are HF's own, shared with the HF model.
+
+    Precision. ``dtype`` moves the vision encoder, the projection and the language model, as
+    ``blip2_t5_from_hf`` does (T5's ``wo`` stays float32 in float16). HF keeps only the query
+    tokens in float32 when it reads InstructBLIP in 16 bits, not the Q-Former: from a folder or
+    an id with a 16-bit ``dtype``, the Q-Former's weights arrive rounded to float16 before they
+    are converted to float32. LAVIS computes its Q-Former under float16 autocast.
+    """
+    from .instructblip import InstructBlipDecoder, InstructBlipT5
+
+    load_dtype = torch.float16 if dtype in (torch.float16, torch.bfloat16) else (dtype or torch.float32)
+    hf = load_hf_model(model_or_path, ("InstructBlipForConditionalGeneration",), load_dtype, device=device,
+                       model_type="instructblip")
+    config = config_from_hf(hf.config)
+    qformer = QFormer(config)
+    load_mapped(hf.state_dict(), qformer, [INSTRUCTBLIP_KEY_MAP])
+    qformer = qformer.float().eval()
+    kind = getattr(hf.config.text_config, "model_type", "?")
+    if dtype is not None:
+        for part in (hf.vision_model, hf.language_projection, hf.language_model):
+            part.to(dtype)
+        if dtype == torch.float16 and kind == "t5":
+            for name, module in hf.language_model.named_modules():
+                if name.endswith(".wo"):
+                    module.float()
+    if hf.config.use_decoder_only_language_model:
+        model = InstructBlipDecoder(hf.vision_model, qformer, hf.language_model)
+    elif kind == "t5":
+        model = InstructBlipT5(hf.vision_model, qformer, hf.language_model)
+    else:
+        raise ValueError(f"this InstructBLIP checkpoint's language model is {kind!r}; qformer_lite loads T5 "
+                         "and decoder-only (causal) ones")
+    return _assembled(model, hf, device)

@@ -110,6 +110,34 @@ def tiny_hf_blip2_opt_config(*, queries=4, vocab=120, **qformer_overrides):
                        text_config=opt.to_dict(), num_query_tokens=queries, image_token_index=vocab - 1)
 
 
+def tiny_hf_instructblip_config(language_model: str = "t5", *, queries=4, vocab=120, qformer_vocab=90):
+    """A small HF ``InstructBlipConfig`` for parity checks without a download: the vision
+    encoder and the Q-Former (with its text parts: it reads the instruction, in a vocabulary
+    of its own, ``qformer_vocab``) of ``tiny_hf_blip2_config``, and a language model that is
+    ``"t5"`` (Flan-T5's layout), ``"opt"`` or ``"llama"`` (Vicuna's). The last id of the
+    language model's vocabulary is the image placeholder."""
+    from transformers import InstructBlipConfig, InstructBlipQFormerConfig, LlamaConfig, OPTConfig
+
+    base = tiny_hf_blip2_config(text_input=True, queries=queries, vocab=vocab)
+    wanted = set(InstructBlipQFormerConfig().to_dict())
+    qformer = {k: v for k, v in base.qformer_config.to_dict().items() if k in wanted}
+    qformer.update(vocab_size=qformer_vocab, pad_token_id=0)
+    if language_model == "t5":
+        text = base.text_config
+    elif language_model == "opt":
+        text = OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                         max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=1, bos_token_id=2,
+                         eos_token_id=2)
+    elif language_model == "llama":
+        text = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    else:
+        raise ValueError(f"language_model must be 't5', 'opt' or 'llama', got {language_model!r}")
+    return InstructBlipConfig(vision_config=base.vision_config.to_dict(), qformer_config=qformer,
+                              text_config=text.to_dict(), num_query_tokens=queries, image_token_index=vocab - 1)
+
+
 def randomize_weights_(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
     """Give every parameter a distinct random value (LayerNorm weights around 1), so that a
     swapped or forgotten weight shows in the outputs. HF initialises the query tokens to
