@@ -1,0 +1,183 @@
+"""InstructBLIP against HuggingFace, built from small random configs (no download): the
+instruction-aware Q-Former against ``InstructBlipQFormerModel``, and ``InstructBlipT5`` /
+``InstructBlipDecoder`` loaded through ``hf.instructblip_from_hf`` from a saved
+``InstructBlipForConditionalGeneration`` with a T5, an OPT and a Llama language model: the
+same soft prompts, logits, loss and generated ids."""
+
+import pytest
+import torch
+from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
+
+from hf_helpers import build
+from qformer_lite.blip2_t5 import Blip2T5
+from qformer_lite.hf import instructblip_from_hf
+from qformer_lite.instructblip import InstructBlipDecoder, InstructBlipT5, instruction_queries
+from qformer_lite.qformer import QFormer
+from qformer_lite.testing import tiny_hf_blip2_opt_config, tiny_hf_instructblip_config
+
+Q = 4
+
+
+@pytest.fixture(scope="module", params=["t5", "opt", "llama"])
+def pair(request, tmp_path_factory):
+    """(kind, HF model, ours loaded from the HF model saved to a folder)."""
+    hf = build(InstructBlipForConditionalGeneration, tiny_hf_instructblip_config(request.param, queries=Q))
+    folder = tmp_path_factory.mktemp(f"instructblip-{request.param}")
+    hf.save_pretrained(folder)
+    return request.param, hf, instructblip_from_hf(folder)
+
+
+def instructions(lengths=(5, 2, 3), vocab=90, seed=0):
+    """Instructions in the Q-Former's tokens, padded on the right with 0: (ids, mask)."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids, mask = torch.zeros(len(lengths), width, dtype=torch.long), torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(1, vocab, (n,), generator=gen)
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def prompts(kind, lengths=(3, 1, 2), vocab=118, seed=1):
+    """The language model's prompt for each image, padded as its tokenizer pads: T5's "words
+    </s>" on the right; OPT's "</s> words" and Llama's "<s> words" on the left."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths) + 1
+    pad, bos, eos = {"t5": (0, None, 1), "opt": (1, 2, None), "llama": (0, 1, None)}[kind]
+    ids, mask = torch.full((len(lengths), width), pad), torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        words = torch.randint(3, vocab, (n,), generator=gen)
+        row = torch.cat([words, torch.tensor([eos])]) if bos is None else torch.cat([torch.tensor([bos]), words])
+        where = slice(0, n + 1) if kind == "t5" else slice(width - n - 1, width)
+        ids[i, where], mask[i, where] = row, 1
+    return ids, mask
+
+
+def hf_inputs(hf, ids, mask):
+    """transformers 5's input: one placeholder per query before the prompt, the padding first."""
+    image = torch.full((ids.shape[0], Q), hf.config.image_token_index)
+    full_ids, full_mask = torch.cat([image, ids], 1), torch.cat([torch.ones_like(image), mask], 1)
+    order = torch.sort(full_mask, dim=1, stable=True).indices
+    return full_ids.gather(1, order), full_mask.gather(1, order)
+
+
+def pixels(batch, seed=2):
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_loader_builds_the_right_model_with_the_qformer_and_projection_trainable(pair):
+    kind, _, ours = pair
+    assert isinstance(ours, InstructBlipT5 if kind == "t5" else InstructBlipDecoder)
+    trainable = {n.split(".")[0] for n, p in ours.named_parameters() if p.requires_grad}
+    assert trainable == {"qformer", "language_projection"}
+    assert ours.qformer.embeddings is not None  # the text parts stay: they read the instruction
+
+
+@torch.no_grad()
+def test_query_outputs_equal_hfs_qformer_for_padded_instructions_of_different_lengths(pair):
+    _, hf, ours = pair
+    x = pixels(3)
+    ids, mask = instructions()
+    image = hf.vision_model(pixel_values=x).last_hidden_state  # (B, N, C)
+    queries = hf.query_tokens.expand(3, -1, -1)
+    want = hf.qformer(input_ids=ids, attention_mask=torch.cat([torch.ones(3, Q, dtype=torch.long), mask], 1),
+                      query_embeds=queries, encoder_hidden_states=image).last_hidden_state[:, :Q]
+    got = instruction_queries(ours.qformer, image, ids, mask).query_output
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the queries do read the instruction: another instruction, other queries
+    other = instruction_queries(ours.qformer, image, ids.flip(0), mask.flip(0)).query_output
+    assert (other - got).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_the_soft_prompt_equals_hfs_image_features(pair):
+    _, hf, ours = pair
+    x, (ids, mask) = pixels(3), instructions()
+    want = hf.get_image_features(pixel_values=x, qformer_input_ids=ids, qformer_attention_mask=mask).pooler_output
+    got, _ = ours.image_prefix(x, qformer_input_ids=ids, qformer_attention_mask=mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_and_loss_equal_hf(pair):
+    kind, hf, ours = pair
+    x, (q_ids, q_mask) = pixels(3), instructions()
+    ids, mask = prompts(kind)
+    with torch.no_grad():
+        if kind == "t5":
+            labels = torch.tensor([[5, 6, 1], [7, 1, -100], [8, 9, 1]])
+            want = hf(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask,
+                      input_ids=torch.cat([torch.full((3, Q), hf.config.image_token_index), ids], 1),
+                      attention_mask=torch.cat([torch.ones(3, Q, dtype=torch.long), mask], 1), labels=labels)
+            got = ours(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=ids,
+                       attention_mask=mask, labels=labels)
+            torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
+        else:
+            full_ids, full_mask = hf_inputs(hf, ids, mask)
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-1] = -100  # the last token is the one target
+            hf_labels = full_ids.masked_fill(full_mask == 0, -100)
+            hf_labels[:, :-1] = -100
+            want = hf(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=full_ids,
+                      attention_mask=full_mask, labels=hf_labels)
+            got = ours(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=ids,
+                       attention_mask=mask, labels=labels)
+            real = full_mask.bool()
+            torch.testing.assert_close(got.logits[real], want.logits[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generated_ids_equal_hf(pair, num_beams):
+    kind, hf, ours = pair
+    x, (q_ids, q_mask) = pixels(3), instructions()
+    ids, mask = prompts(kind)
+    settings = dict(num_beams=num_beams, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    if kind == "t5":
+        hf_ids = torch.cat([torch.full((3, Q), hf.config.image_token_index), ids], 1)
+        hf_mask = torch.cat([torch.ones(3, Q, dtype=torch.long), mask], 1)
+    else:
+        hf_ids, hf_mask = hf_inputs(hf, ids, mask)
+    want = hf.generate(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=hf_ids,
+                       attention_mask=hf_mask, **settings)
+    got = ours.generate(x, ids, mask, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, **settings)
+    if kind != "t5":
+        want = want[:, hf_ids.shape[1]:]  # HF returns the placeholders and the prompt first
+    assert torch.equal(got, want)
+
+
+def test_bad_input_is_a_clear_error(pair):
+    _, hf, ours = pair
+    x, (q_ids, q_mask) = pixels(2), instructions((2, 2))
+    with pytest.raises(ValueError, match="reads an instruction: give qformer_input_ids"):
+        ours.generate(x, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"qformer_input_ids must have shape \(2, T\), one instruction per image"):
+        ours(pixel_values=x, qformer_input_ids=torch.ones(3, 2, dtype=torch.long))
+    too_long = torch.ones(2, hf.config.qformer_config.max_position_embeddings + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="position embeddings for at most"):
+        ours(pixel_values=x, qformer_input_ids=too_long)
+    with pytest.raises(ValueError, match=r"qformer_attention_mask|attention_mask must have shape \(2, 2\)"):
+        ours(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask[:, :1])
+    with pytest.raises(ValueError, match=r"unexpected inputs \['instruction'\]; it reads qformer_input_ids"):
+        ours(pixel_values=x, instruction=q_ids)
+
+
+def test_models_refuse_the_wrong_qformer_and_the_loader_the_wrong_checkpoint(tmp_path):
+    from qformer_lite.testing import tiny_hf_blip2_config
+    from qformer_lite.hf import config_from_hf
+
+    cfg = config_from_hf(tiny_hf_blip2_config())
+    query_only = QFormer(type(cfg)(**{**cfg.to_dict(), "use_qformer_text_input": False}))
+    with_text = QFormer(cfg)
+    t5 = build(InstructBlipForConditionalGeneration, tiny_hf_instructblip_config("t5")).language_model
+    with pytest.raises(ValueError, match="InstructBlipT5 needs a Q-Former with its text parts"):
+        InstructBlipT5(torch.nn.Identity(), query_only, t5)
+    with pytest.raises(ValueError, match="Blip2T5 uses a query-only Q-Former"):
+        Blip2T5(torch.nn.Identity(), with_text, t5)
+    with pytest.raises(ValueError, match=r"unexpected inputs \['qformer_input_ids'\]"):
+        Blip2T5(torch.nn.Identity(), query_only, t5)(image_embeds=torch.randn(1, 5, 48),
+                                                     qformer_input_ids=torch.ones(1, 2, dtype=torch.long))
+    build(Blip2ForConditionalGeneration, tiny_hf_blip2_opt_config()).save_pretrained(tmp_path / "blip2")
+    with pytest.raises(ValueError, match="is a 'blip-2' model, not a 'instructblip' one"):
+        instructblip_from_hf(tmp_path / "blip2")
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        instructblip_from_hf(tmp_path / "nowhere")
