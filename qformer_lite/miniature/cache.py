@@ -36,6 +36,10 @@ DEPENDS_ON = {
     # chapter 10's runs on the decoder-only stand-in: from stage 1 (BLIP-2 OPT) or from stage 2
     # with T5 (MiniGPT-4), so everything chapter 7's run depends on, and the stand-in
     "decoder-run": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2", "decoder"),
+    # chapter 11: a T5 that answers questions about the training images' captions, and the
+    # instruction-tuning runs from stage 1
+    "qa-language-model": ("seed", "train_images", "data", "language"),
+    "instruct-run": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2"),
     # a connector's entry names its stage 1 itself, when it has one (compare.cached_connector)
     "connector": ("seed", "train_images", "data", "vision", "language", "qformer", "stage2"),
 }
