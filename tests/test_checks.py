@@ -1018,3 +1018,17 @@ def test_the_chapter_10_answers_follow_the_library():
     assert checks.ANSWERS["chat_positions"][0] == ids.shape[1] - 1 + q  # the placeholder gives way to Q vectors
     assert checks.ANSWERS["minigpt4_13b_proj_params"][0] == sum(
         p.numel() for p in torch.nn.Linear(768, 5120).parameters())
+
+
+# --- chapter 11 ------------------------------------------------------------------------------
+
+def test_instruction_queries_pass_and_each_mistake_gets_its_hint(capsys):
+    from qformer_lite.instructblip import instruction_queries
+
+    assert run(capsys, checks.check_instruction_queries, instruction_queries)[0]
+    assert run(capsys, checks.check_instruction_queries, lambda q, x, i, m: q(x, i, m, mode="itm").query_output)[0]
+    for wrong in (lambda q, x, i, m: q(x).query_output, lambda q, x, i, m: q(x, i, m, mode="itc").query_output,
+                  lambda q, x, i, m: q(x, i, m, mode="itg").query_output):
+        fails_with(capsys, checks.check_instruction_queries, wrong, words="did not read the instruction")
+    fails_with(capsys, checks.check_instruction_queries, lambda q, x, i, m: q(x, i, m, mode="itm").last_hidden_state,
+               words="only the queries")

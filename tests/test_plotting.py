@@ -349,6 +349,17 @@ def test_decoder_run_bars_label_each_run_with_its_figures():
         plotting.DECODER_RUN_COLORS["minigpt4"]))
 
 
+def test_accuracy_by_question_draws_a_bar_per_run_and_type_and_hatches_the_fewer_queries():
+    rows = [{"kind": "blip2", "queries": 8, "accuracy": {"colour": 0.7, "relation": 0.6, "all": 0.65}},
+            {"kind": "instructblip", "queries": 1, "accuracy": {"colour": 0.99, "all": 0.96}}]
+    fig = plotting.accuracy_by_question(rows)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["colour", "relation", "all"]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights[:3] == [0.7, 0.6, 0.65] and heights[3] == 0.99 and np.isnan(heights[4])
+    assert ax.patches[0].get_hatch() in ("", None) and ax.patches[3].get_hatch() == "//"
+
+
 def test_the_module_lists_its_figures_chapter_by_chapter():
     source = inspect.getsource(plotting)
     defined = [name for name, value in vars(plotting).items()
@@ -357,5 +368,5 @@ def test_the_module_lists_its_figures_chapter_by_chapter():
     assert sorted(plotting.__all__) == sorted(defined)  # every public name, and nothing imported
     figures = [name for name in plotting.__all__ if inspect.isfunction(getattr(plotting, name))]
     assert figures == sorted(figures, key=lambda name: source.index(f"\ndef {name}("))  # book order
-    assert re.findall(r"^# --- chapter (\d+)", source, flags=re.MULTILINE) == [str(c) for c in range(1, 11)]
+    assert re.findall(r"^# --- chapter (\d+)", source, flags=re.MULTILINE) == [str(c) for c in range(1, 12)]
     assert not [name for name in figures if name.startswith("plot_")]  # figures are named as nouns

@@ -75,6 +75,8 @@ __all__ = [
     # chapter 10
     "check_left_padding",
     "check_decoder_labels",
+    # chapter 11
+    "check_instruction_queries",
 ]
 
 PASS = "✓ Correct"
@@ -1383,3 +1385,44 @@ def check_decoder_labels(fn: Callable) -> CheckResult:
     if not torch.equal(got, expected):
         return _say(False, f"labels = {got.tolist()}; expected {expected.tolist()}.")
     return _say(True, "only the caption and its end are targets: queries, start token, prompt and padding are -100.")
+
+
+# --- chapter 11 ------------------------------------------------------------------------------
+
+@_keeps_random_state
+def check_instruction_queries(fn: Callable) -> CheckResult:
+    """``fn(qformer, image_embeds, ids, mask)`` -> (B, Q, D): the query outputs of one Q-Former
+    pass over [queries; instruction] under ITM's bi-directional mask, as InstructBLIP reads
+    its instruction."""
+    from ..qformer import QFormer
+
+    name = getattr(fn, "__name__", "your function")
+    config = QFormerConfig.tiny()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        qformer = QFormer(config).eval()
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randn(2, 5, config.encoder_hidden_size, generator=gen)
+    ids = torch.randint(1, config.vocab_size, (2, 4), generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        expected = qformer(image, ids, mask, mode="itm").query_output
+        failed, got = _call(name, fn, qformer, image.clone(), ids.clone(), mask.clone())
+    if failed is not None:
+        return failed
+    got = getattr(got, "query_output", got)
+    if isinstance(got, torch.Tensor) and got.dim() == 3 and got.shape[1] == config.num_query_tokens + 4:
+        return _say(False, "that is [queries; instruction]: only the queries go on to the language model. "
+                           "Hint: keep the first Q positions (out.query_output).")
+    bad = _same_shape(name, got, expected, "(B, Q, D)")
+    if bad is not None:
+        return bad
+    with torch.no_grad():
+        alone = qformer(image).query_output
+    if torch.allclose(got, alone, atol=1e-5):
+        return _say(False, "the queries did not read the instruction: it was left out, or the mask ('itc', "
+                           "'itg') keeps the queries from the text. Hint: the queries and the instruction must "
+                           "read each other both ways.")
+    if not torch.allclose(got, expected, atol=1e-5):
+        return _say(False, "the values differ from the Q-Former's pass over [queries; instruction] with ITM's mask.")
+    return _say(True, "the queries read the image for the instruction: ITM's pass, the query outputs read out.")

@@ -84,6 +84,9 @@ __all__ = [
     "DECODER_RUN_COLORS",
     "sequence_strips",
     "decoder_run_bars",
+    # chapter 11
+    "INSTRUCT_COLORS",
+    "accuracy_by_question",
 ]
 
 
@@ -840,5 +843,35 @@ def decoder_run_bars(rows: Sequence[Mapping], title: str = "Three stage-2 runs o
     axes[1].set_xlim(min(params) / 2, max(params) * 12)
     axes[1].set_yticklabels([])
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --- chapter 11 ------------------------------------------------------------------------------
+
+INSTRUCT_COLORS = {"blip2": QUERY_COLOR, "instructblip": TEXT_COLOR}
+
+
+def accuracy_by_question(rows: Sequence[Mapping], title: str = "Held-out answers by question type"):
+    """Grouped bars: each question type (and all), one bar per run, as
+    ``miniature.instruct.instruct_runs`` returns them (``kind``, ``queries``, ``accuracy``);
+    a run with fewer queries is hatched."""
+    types = [k for k in ("colour", "shape", "where", "relation", "all") if any(k in r["accuracy"] for r in rows)]
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.2))
+    most = max(r["queries"] for r in rows)
+    width = 0.8 / len(rows)
+    for j, r in enumerate(rows):
+        xs = np.arange(len(types)) + (j - (len(rows) - 1) / 2) * width
+        values = [r["accuracy"].get(k, np.nan) for k in types]
+        ax.bar(xs, values, width, color=INSTRUCT_COLORS.get(r["kind"], TOTAL_COLOR),
+               hatch="" if r["queries"] == most else "//", edgecolor="white",
+               label=f"{r['kind']}, Q = {r['queries']}")
+    ax.set_xticks(np.arange(len(types)), types)
+    ax.set_ylim(0, 1.05)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel("right answers")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncol=len(rows), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig
