@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 BOOK_FLAGS := -W -n --keep-going
 # In the book's own runs a solution that fails its checker is an error, not a printed hint.
 STRICT := QFORMER_LITE_STRICT_CHECKS=1
+# The unit tests run in this many processes, the threads shared out among them (tests/conftest.py).
+TEST_JOBS ?= 2
 
 .PHONY: install test unit notebooks book book-strict clean test-lavis
 
@@ -21,12 +23,12 @@ install: $(STAMP)
 
 # Unit and parity tests, every notebook under nbmake, then the strict book build.
 test: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_JOBS) tests
 	$(STRICT) $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
 	$(MAKE) --no-print-directory book-strict
 
 unit: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_JOBS) tests
 
 notebooks: install
 	$(STRICT) $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
