@@ -106,3 +106,9 @@ def test_the_cache_entries_follow_their_settings():
     run = cache.entry_for("instruct-run", config, run="blip2", queries=2)
     assert cache.entry_for("instruct-run", config, run="blip2", queries=1) != run
     assert cache.entry_for("instruct-run", config, run="instructblip", queries=2) != run
+    longer = replace(config, instruct=replace(config.instruct, optim=replace(config.instruct.optim, steps=99)))
+    assert cache.entry_for("instruct-run", longer, run="blip2", queries=2) != run
+    assert cache.entry_for("qa-language-model", longer) == qa
+    # chapter 7's stage 2 is not this one: a change there retrains neither
+    other = replace(config, stage2=replace(config.stage2, optim=replace(config.stage2.optim, steps=99)))
+    assert cache.entry_for("instruct-run", other, run="blip2", queries=2) == run

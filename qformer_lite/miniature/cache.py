@@ -39,7 +39,7 @@ DEPENDS_ON = {
     # chapter 11: a T5 that answers questions about the training images' captions, and the
     # instruction-tuning runs from stage 1
     "qa-language-model": ("seed", "train_images", "data", "language"),
-    "instruct-run": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "stage2"),
+    "instruct-run": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "instruct"),
     # a connector's entry names its stage 1 itself, when it has one (compare.cached_connector)
     "connector": ("seed", "train_images", "data", "vision", "language", "qformer", "stage2"),
 }

@@ -150,6 +150,9 @@ class MiniatureConfig(JsonConfig):
     stage1: StageConfig = field(default_factory=lambda: StageConfig(OptimConfig(steps=400, lr=2e-3),
                                                                     related_fraction=0.5))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(OptimConfig(steps=750, lr=3e-3)))
+    # chapter 11's instruction tuning: stage 2's settings on questions, for fewer steps (short
+    # answers are learnt sooner than captions, and the chapter trains four models)
+    instruct: StageConfig = field(default_factory=lambda: StageConfig(OptimConfig(steps=300, lr=3e-3)))
     num_beams: int = 5  # LAVIS's default for captions
     max_new_tokens: int = 12  # captions are at most 8 words + </s>
     rerank_k: int = 8  # ITC candidates re-ranked by ITM for recall@1 (LAVIS's k_test)
@@ -157,7 +160,8 @@ class MiniatureConfig(JsonConfig):
     def __post_init__(self) -> None:
         for name, kind in (("data", DataConfig), ("vision", VisionConfig), ("language", LanguageConfig),
                            ("decoder", DecoderConfig),
-                           ("stage1", StageConfig), ("stage2", StageConfig), ("qformer", QFormerConfig)):
+                           ("stage1", StageConfig), ("stage2", StageConfig), ("instruct", StageConfig),
+                           ("qformer", QFormerConfig)):
             if isinstance(getattr(self, name), dict):  # as read from JSON
                 setattr(self, name, kind.from_dict(getattr(self, name)))
         if self.qformer.vocab_size != vocab_size():
@@ -200,6 +204,7 @@ class MiniatureConfig(JsonConfig):
                                       image_text_hidden_size=16),
             stage1=StageConfig(OptimConfig(steps=6, batch_size=16, warmup_steps=2)),
             stage2=StageConfig(OptimConfig(steps=6, batch_size=16, warmup_steps=2)),
+            instruct=StageConfig(OptimConfig(steps=6, batch_size=16, warmup_steps=2)),
             num_beams=2,
             rerank_k=4,
         )

@@ -182,7 +182,7 @@ def train_instruct(config: MiniatureConfig, model, features: torch.Tensor, items
                    tokenizer: CaptionTokenizer, progress: bool = True, desc: str = "instruction tuning"):
     """Stage 2 on questions: the Q-Former and the projection learn to write a soft prompt from
     which the frozen T5 answers the question it reads after it."""
-    stage = config.stage2
+    stage = config.instruct
     model.train()
     rng = np.random.default_rng([config.seed, 19])
 
