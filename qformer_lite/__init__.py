@@ -17,6 +17,8 @@ The models built from it, and the bridge to real checkpoints:
     blip2_opt.py    stage 2 with a decoder-only LLM (OPT): the queries in its input     ch. 10
     minigpt4.py     MiniGPT-4: the Q-Former frozen, one linear layer, a chat prompt     ch. 10
     instructblip.py InstructBLIP: the instruction enters the Q-Former (ITM's mask)       ch. 11
+    video.py        video: the image Q-Former per frame; InstructBLIP-Video's F x Q      (to come)
+                    tokens, Video-LLaMA's frame positions and video Q-Former
     hf.py           HuggingFace BLIP-2 weights into these modules, through a key map    ch. 4, 8
     captioning.py   captions (and answers) from images, for any BLIP-2 T5 model         ch. 8
     testing.py      stand-ins where no download can be: HF configs, a drawn image       ch. 3, 4, 8

@@ -86,7 +86,7 @@ class Blip2OPT(FrozenEnds):
         mask = torch.cat([attention_mask.new_ones(batch, num_queries), attention_mask], dim=1)  # (B, Q + T)
         if labels is not None:
             labels = torch.cat([labels.new_full((batch, num_queries), -100), labels], dim=1)
-        order = self._queries_in_place(input_ids)  # (B, Q + T'), [text before; queries; text after]
+        order = self._queries_in_place(input_ids, num_queries)  # (B, Q + T'), [text before; queries; text after]
         # then padding first, every real position in its order: a stable sort of the mask (0 before 1)
         order = order.gather(1, torch.sort(mask.gather(1, order), dim=1, stable=True).indices)
         embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
@@ -96,12 +96,12 @@ class Blip2OPT(FrozenEnds):
             labels = labels.gather(1, order)
         return embeds, mask, positions, labels
 
-    def _queries_in_place(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Indices into [queries; text] that read the text with the queries where its
+    def _queries_in_place(self, input_ids: torch.Tensor, q: int) -> torch.Tensor:
+        """Indices into [queries; text] that read the text with the ``q`` soft tokens where its
         placeholder is (the placeholder itself dropped), or the queries first if the text
-        holds none."""
+        holds none. ``q`` is the soft prompt's length: the Q-Former's queries, or a video's
+        F x Q."""
         batch, length = input_ids.shape
-        q = self.num_query_tokens
         if self.image_token_id is None or not (input_ids == self.image_token_id).any():
             return torch.arange(q + length, device=input_ids.device).expand(batch, -1)
         counts = (input_ids == self.image_token_id).sum(1)

@@ -95,8 +95,9 @@ def config_from_hf(hf_config) -> QFormerConfig:
 
 def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_config=None, device=None,
                   model_type="blip-2"):
-    """Return an HF BLIP-2 model (or, with ``model_type="instructblip"``, an InstructBLIP one):
-    the one given, or one loaded from a local folder or a hub id.
+    """Return an HF BLIP-2 model (or, with ``model_type="instructblip"`` or
+    ``"instructblipvideo"``, an InstructBLIP or InstructBLIP-Video one; a tuple accepts any of
+    its types): the one given, or one loaded from a local folder or a hub id.
 
     ``check_config(config)`` may refuse a checkpoint before its weights are read."""
     import transformers
@@ -121,8 +122,10 @@ def load_hf_model(model_or_path, classes=SUPPORTED, dtype=torch.float32, check_c
         where = f"the folder '{text}'" if looks_local else f"the HuggingFace hub id '{text}' (offline, or no such model?)"
         raise OSError(f"could not read a model config from {where}: {err}") from None
     arch = (getattr(hf_config, "architectures", None) or [classes[0]])[0]
-    if getattr(hf_config, "model_type", None) != model_type:
-        raise ValueError(f"'{text}' is a {getattr(hf_config, 'model_type', '?')!r} model, not a {model_type!r} one")
+    wanted = (model_type,) if isinstance(model_type, str) else tuple(model_type)
+    if getattr(hf_config, "model_type", None) not in wanted:
+        raise ValueError(f"'{text}' is a {getattr(hf_config, 'model_type', '?')!r} model, not a "
+                         f"{' or '.join(map(repr, wanted))} one")
     if arch not in classes:
         raise ValueError(f"'{text}' holds a {arch}; expected one of {', '.join(classes)}")
     if check_config is not None:
@@ -298,9 +301,29 @@ def instructblip_from_hf(model_or_path, dtype: torch.dtype | None = None, device
     """
     from .instructblip import InstructBlipDecoder, InstructBlipT5
 
+    return _instructblip_family(model_or_path, dtype, device, ("InstructBlipForConditionalGeneration",),
+                                "instructblip", "InstructBLIP", InstructBlipT5, InstructBlipDecoder)
+
+
+def instructblipvideo_from_hf(model_or_path, dtype: torch.dtype | None = None, device=None):
+    """An ``InstructBlipVideoT5`` (Flan-T5) or ``InstructBlipVideoDecoder`` (Vicuna, OPT) from an
+    HF ``InstructBlipVideoForConditionalGeneration`` (or a model id or a local folder holding
+    one). InstructBLIP-Video is InstructBLIP run on every frame, with
+    InstructBLIP's weights under InstructBLIP's names: they go through the same key map
+    (``INSTRUCTBLIP_KEY_MAP``), with the same precision rules as ``instructblip_from_hf``, and an
+    InstructBLIP checkpoint is taken too (HF's own example loads
+    ``Salesforce/instructblip-vicuna-7b`` into ``InstructBlipVideoForConditionalGeneration``)."""
+    from .video import InstructBlipVideoDecoder, InstructBlipVideoT5
+
+    return _instructblip_family(model_or_path, dtype, device,
+                                ("InstructBlipVideoForConditionalGeneration", "InstructBlipForConditionalGeneration"),
+                                ("instructblipvideo", "instructblip"), "InstructBLIP-Video", InstructBlipVideoT5,
+                                InstructBlipVideoDecoder)
+
+
+def _instructblip_family(model_or_path, dtype, device, hf_classes, model_type, name, t5_class, decoder_class):
     load_dtype = torch.float16 if dtype in (torch.float16, torch.bfloat16) else (dtype or torch.float32)
-    hf = load_hf_model(model_or_path, ("InstructBlipForConditionalGeneration",), load_dtype, device=device,
-                       model_type="instructblip")
+    hf = load_hf_model(model_or_path, hf_classes, load_dtype, device=device, model_type=model_type)
     config = config_from_hf(hf.config)
     qformer = QFormer(config)
     load_mapped(hf.state_dict(), qformer, [INSTRUCTBLIP_KEY_MAP])
@@ -310,14 +333,14 @@ def instructblip_from_hf(model_or_path, dtype: torch.dtype | None = None, device
         for part in (hf.vision_model, hf.language_projection, hf.language_model):
             part.to(dtype)
         if dtype == torch.float16 and kind == "t5":
-            for name, module in hf.language_model.named_modules():
-                if name.endswith(".wo"):
+            for module_name, module in hf.language_model.named_modules():
+                if module_name.endswith(".wo"):
                     module.float()
     if hf.config.use_decoder_only_language_model:
-        model = InstructBlipDecoder(hf.vision_model, qformer, hf.language_model)
+        model = decoder_class(hf.vision_model, qformer, hf.language_model)
     elif kind == "t5":
-        model = InstructBlipT5(hf.vision_model, qformer, hf.language_model)
+        model = t5_class(hf.vision_model, qformer, hf.language_model)
     else:
-        raise ValueError(f"this InstructBLIP checkpoint's language model is {kind!r}; qformer_lite loads T5 "
+        raise ValueError(f"this {name} checkpoint's language model is {kind!r}; qformer_lite loads T5 "
                          "and decoder-only (causal) ones")
     return _assembled(model, hf, device)

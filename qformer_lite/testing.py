@@ -138,6 +138,20 @@ def tiny_hf_instructblip_config(language_model: str = "t5", *, queries=4, vocab=
                               text_config=text.to_dict(), num_query_tokens=queries, image_token_index=vocab - 1)
 
 
+
+def tiny_hf_instructblipvideo_config(language_model: str = "t5", *, queries=4, vocab=120, qformer_vocab=90):
+    """A small HF ``InstructBlipVideoConfig``: ``tiny_hf_instructblip_config``'s vision encoder,
+    Q-Former and language model (``"t5"``, ``"opt"`` or ``"llama"``), the last id of the
+    language model's vocabulary as the video placeholder (``video_token_index``), one per query
+    per frame."""
+    from transformers import InstructBlipVideoConfig
+
+    image = tiny_hf_instructblip_config(language_model, queries=queries, vocab=vocab, qformer_vocab=qformer_vocab)
+    return InstructBlipVideoConfig(vision_config=image.vision_config.to_dict(),
+                                   qformer_config=image.qformer_config.to_dict(),
+                                   text_config=image.text_config.to_dict(), num_query_tokens=queries,
+                                   video_token_index=vocab - 1)
+
 def randomize_weights_(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:
     """Give every parameter a distinct random value (LayerNorm weights around 1), so that a
     swapped or forgotten weight shows in the outputs. HF initialises the query tokens to

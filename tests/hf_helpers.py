@@ -1,4 +1,4 @@
-"""Small random HuggingFace BLIP-2 models built from configs (no download)."""
+"""Small random HuggingFace BLIP-2 models built from configs (no download), and inputs for them."""
 
 from __future__ import annotations
 
@@ -31,4 +31,30 @@ def padded_text(batch: int, length: int, vocab: int, seed: int = 0):
         keep = max(2, length - i)
         mask[i, keep:] = 0
         ids[i, keep:] = 0
+    return ids, mask
+
+
+def instructions(lengths=(5, 2, 3), vocab=90, seed=0):
+    """Instructions in the Q-Former's tokens, padded on the right with 0: (ids, mask)."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids, mask = torch.zeros(len(lengths), width, dtype=torch.long), torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(1, vocab, (n,), generator=gen)
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def prompts(kind, lengths=(3, 1, 2), vocab=118, seed=1):
+    """The language model's prompt for each image, padded as its tokenizer pads: T5's "words
+    </s>" on the right; OPT's "</s> words" and Llama's "<s> words" on the left."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths) + 1
+    pad, bos, eos = {"t5": (0, None, 1), "opt": (1, 2, None), "llama": (0, 1, None)}[kind]
+    ids, mask = torch.full((len(lengths), width), pad), torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        words = torch.randint(3, vocab, (n,), generator=gen)
+        row = torch.cat([words, torch.tensor([eos])]) if bos is None else torch.cat([torch.tensor([bos]), words])
+        where = slice(0, n + 1) if kind == "t5" else slice(width - n - 1, width)
+        ids[i, where], mask[i, where] = row, 1
     return ids, mask

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
 
-from hf_helpers import build
+from hf_helpers import build, instructions, prompts
 from qformer_lite.blip2_t5 import Blip2T5
 from qformer_lite.hf import instructblip_from_hf
 from qformer_lite.instructblip import InstructBlipDecoder, InstructBlipT5, instruction_queries
@@ -25,32 +25,6 @@ def pair(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"instructblip-{request.param}")
     hf.save_pretrained(folder)
     return request.param, hf, instructblip_from_hf(folder)
-
-
-def instructions(lengths=(5, 2, 3), vocab=90, seed=0):
-    """Instructions in the Q-Former's tokens, padded on the right with 0: (ids, mask)."""
-    gen = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids, mask = torch.zeros(len(lengths), width, dtype=torch.long), torch.zeros(len(lengths), width, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        ids[i, :n] = torch.randint(1, vocab, (n,), generator=gen)
-        mask[i, :n] = 1
-    return ids, mask
-
-
-def prompts(kind, lengths=(3, 1, 2), vocab=118, seed=1):
-    """The language model's prompt for each image, padded as its tokenizer pads: T5's "words
-    </s>" on the right; OPT's "</s> words" and Llama's "<s> words" on the left."""
-    gen = torch.Generator().manual_seed(seed)
-    width = max(lengths) + 1
-    pad, bos, eos = {"t5": (0, None, 1), "opt": (1, 2, None), "llama": (0, 1, None)}[kind]
-    ids, mask = torch.full((len(lengths), width), pad), torch.zeros(len(lengths), width, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        words = torch.randint(3, vocab, (n,), generator=gen)
-        row = torch.cat([words, torch.tensor([eos])]) if bos is None else torch.cat([torch.tensor([bos]), words])
-        where = slice(0, n + 1) if kind == "t5" else slice(width - n - 1, width)
-        ids[i, where], mask[i, where] = row, 1
-    return ids, mask
 
 
 def hf_inputs(hf, ids, mask):

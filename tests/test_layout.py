@@ -38,7 +38,7 @@ def test_the_top_level_is_the_taught_core_and_two_folders():
     assert folders == {"miniature", "book"}
     assert modules(PKG) == {
         "config.py", "queries.py", "attention.py", "masks.py", "layer.py", "qformer.py",
-        "losses.py", "pretraining.py", "blip2_t5.py", "blip2_opt.py", "minigpt4.py", "instructblip.py", "hf.py", "captioning.py", "testing.py", "connectors.py",
+        "losses.py", "pretraining.py", "blip2_t5.py", "blip2_opt.py", "minigpt4.py", "instructblip.py", "video.py", "hf.py", "captioning.py", "testing.py", "connectors.py",
     }
 
 
