@@ -17,7 +17,7 @@ The models built from it, and the bridge to real checkpoints:
     blip2_opt.py    stage 2 with a decoder-only LLM (OPT): the queries in its input     ch. 10
     minigpt4.py     MiniGPT-4: the Q-Former frozen, one linear layer, a chat prompt     ch. 10
     instructblip.py InstructBLIP: the instruction enters the Q-Former (ITM's mask)       ch. 11
-    video.py        video: the image Q-Former per frame; InstructBLIP-Video's F x Q      (to come)
+    video.py        video: the image Q-Former per frame; InstructBLIP-Video's F x Q      ch. 12
                     tokens, Video-LLaMA's frame positions and video Q-Former
     hf.py           HuggingFace BLIP-2 weights into these modules, through a key map    ch. 4, 8
     captioning.py   captions (and answers) from images, for any BLIP-2 T5 model         ch. 8
@@ -26,7 +26,7 @@ The models built from it, and the bridge to real checkpoints:
                     a Perceiver resampler, and the Q-Former beside them
 
 Two folders of their own: ``miniature/`` (the world BLIP-2 is trained in on a CPU, chapters
-6, 7, 9 and 10 and the ``qformer-lite`` command; its README.md maps it) and ``book/`` (the exercises'
+6, 7 and 9-12 and the ``qformer-lite`` command; its README.md maps it) and ``book/`` (the exercises'
 checkers and the figures, imported by the notebooks).
 """
 

@@ -9,6 +9,9 @@ image, the frames folded into the batch; they differ in what reaches the languag
   says which frame a token came from except where it sits in the language model's input.
   ``InstructBlipVideoT5`` and ``InstructBlipVideoDecoder`` are ``InstructBlipT5`` and
   ``InstructBlipDecoder`` with that frame handling and nothing else.
+  ``ConcatenatedFramesT5`` does the same with BLIP-2's Q-Former and no instruction;
+  ``AveragedFramesT5`` averages the frames' tokens instead (Video-ChatGPT's temporal pooling),
+  which keeps their number at Q and loses their order.
 - Video-LLaMA (``video_llama/models/video_llama.py``, ``encode_videoQformer_visual``)
   compresses them: a learned frame position is added to every query output of its frame
   (``video_frame_position_embedding``), and a second, 2-layer Q-Former whose own queries
@@ -57,16 +60,48 @@ def frames_as_images(pixel_values, image_embeds):
 # ---------------------------------------------------------------- InstructBLIP-Video
 
 
-class PerFrameInstruction:
+class PerFrame:
+    """The frames folded into the batch and read by the model's own ``image_prefix``, as a
+    batch of images; ``combine`` then joins each video's per-frame soft prompts."""
+
+    def image_prefix(self, pixel_values, output_attentions: bool = False, image_embeds=None, **prefix_inputs):
+        """The soft prompt (B, M, d_model) and the Q-Former's output over the B * F frames, its
+        ``query_output`` unfolded to (B, F, Q, D)."""
+        batch, frames = video_shape(pixel_values, image_embeds)
+        prefix_inputs = self.per_frame_inputs(prefix_inputs, batch, frames)
+        pixel_values, image_embeds = frames_as_images(pixel_values, image_embeds)
+        prefix, out = super().image_prefix(pixel_values, output_attentions, image_embeds,
+                                           **prefix_inputs)  # (B * F, Q, d_model)
+        out = replace(out, query_output=out.query_output.unflatten(0, (batch, frames)))  # (B, F, Q, D)
+        return self.combine(prefix.unflatten(0, (batch, frames))), out
+
+    def per_frame_inputs(self, prefix_inputs: dict, batch: int, frames: int) -> dict:
+        return prefix_inputs
+
+    @staticmethod
+    def combine(prefix: torch.Tensor) -> torch.Tensor:
+        """(B, F, Q, d_model) -> (B, F * Q, d_model): every frame's tokens, frame after frame."""
+        return prefix.flatten(1, 2)
+
+
+class AveragedFrames(PerFrame):
+    """Video-ChatGPT's temporal pooling, on the Q-Former's tokens: the frames' soft prompts
+    averaged, Q tokens however many frames. The projection is linear, so this is the projection
+    of the averaged query outputs."""
+
+    @staticmethod
+    def combine(prefix: torch.Tensor) -> torch.Tensor:
+        return prefix.mean(dim=1)  # (B, Q, d_model)
+
+
+class PerFrameInstruction(PerFrame):
     """What InstructBLIP-Video changes in InstructBLIP: the video's frames go through the
     Q-Former as a batch of images, each with the video's instruction, and the soft prompt is
     every frame's projected queries, frame after frame."""
 
-    def image_prefix(self, pixel_values, output_attentions: bool = False, image_embeds=None,
-                     qformer_input_ids=None, qformer_attention_mask=None):
-        """The soft prompt (B, F * Q, d_model) and the Q-Former's output over the B * F frames,
-        its ``query_output`` unfolded to (B, F, Q, D)."""
-        batch, frames = video_shape(pixel_values, image_embeds)
+    def per_frame_inputs(self, prefix_inputs: dict, batch: int, frames: int) -> dict:
+        qformer_input_ids = prefix_inputs.get("qformer_input_ids")
+        qformer_attention_mask = prefix_inputs.get("qformer_attention_mask")
         if qformer_input_ids is not None:
             if qformer_input_ids.dim() != 2 or qformer_input_ids.shape[0] != batch:
                 raise ValueError(f"qformer_input_ids must have shape ({batch}, T), one instruction per video, "
@@ -78,11 +113,8 @@ class PerFrameInstruction:
             qformer_input_ids = qformer_input_ids.repeat_interleave(frames, dim=0)  # (B * F, T)
             if qformer_attention_mask is not None:
                 qformer_attention_mask = qformer_attention_mask.repeat_interleave(frames, dim=0)  # (B * F, T)
-        pixel_values, image_embeds = frames_as_images(pixel_values, image_embeds)
-        prefix, out = super().image_prefix(pixel_values, output_attentions, image_embeds,
-                                           qformer_input_ids, qformer_attention_mask)  # (B * F, Q, d_model)
-        out = replace(out, query_output=out.query_output.unflatten(0, (batch, frames)))  # (B, F, Q, D)
-        return prefix.reshape(batch, frames * prefix.shape[1], prefix.shape[2]), out  # (B, F * Q, d_model)
+        return prefix_inputs | {"qformer_input_ids": qformer_input_ids,
+                                "qformer_attention_mask": qformer_attention_mask}
 
 
 class InstructBlipVideoT5(PerFrameInstruction, InstructBlipT5):
@@ -95,6 +127,16 @@ class InstructBlipVideoDecoder(PerFrameInstruction, InstructBlipDecoder):
     """InstructBLIP-Video with a decoder-only language model (Vicuna, OPT): every frame's
     instruction-aware queries, projected, frame after frame, in front of the prompt in the
     decoder's input."""
+
+
+class ConcatenatedFramesT5(PerFrame, Blip2T5):
+    """BLIP-2's Q-Former on every frame, with no instruction, the frames' projected queries
+    concatenated in front of T5's input: InstructBLIP-Video's frame handling on BLIP-2."""
+
+
+class AveragedFramesT5(AveragedFrames, Blip2T5):
+    """BLIP-2's Q-Former on every frame, the frames' projected queries averaged over time:
+    Q tokens for T5, whatever the number of frames, and no trace of their order."""
 
 
 # ---------------------------------------------------------------- Video-LLaMA

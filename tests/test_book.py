@@ -262,7 +262,7 @@ GLOSSARY_TERMS = [  # the chapters link these with {term}: each must be a term o
     "key/value cache", "hard negative", "temperature", "stage 1", "stage 2", "soft prompt", "recall@1",
     "label smoothing", "ln_vision", "beam search", "LAVIS", "EVA-CLIP", "[DEC]", "prefix language modelling",
     "CapFilt", "connector", "Perceiver resampler", "adaptive average pooling", "decoder-only language model",
-    "left padding", "chat template",
+    "left padding", "chat template", "frame position embedding", "video Q-Former", "temporal pooling",
 ]
 
 
@@ -293,8 +293,8 @@ def test_glossary_has_every_term_the_chapters_link():
 
 def test_glossary_pairs_english_with_japanese():
     entries = glossary_entries()
-    for english, japanese in [("learnable queries", "学習可能なクエリ"), ("cross-attention", "クロス・アテンション"),
-                              ("self-attention", "セルフ・アテンション"), ("causal mask", "因果マスク"),
+    for english, japanese in [("learnable queries", "学習可能なクエリ"), ("cross-attention", "クロスアテンション"),
+                              ("self-attention", "セルフアテンション"), ("causal mask", "因果マスク"),
                               ("unimodal mask", "ユニモーダルマスク"), ("token budget", "トークン予算")]:
         assert japanese in entries[english], english
     assert "Querying Transformer" in entries["Q-Former"]  # kept in English, not in katakana

@@ -87,6 +87,10 @@ __all__ = [
     # chapter 11
     "INSTRUCT_COLORS",
     "accuracy_by_question",
+    # chapter 12
+    "VIDEO_COLORS",
+    "clip_strips",
+    "video_scores",
 ]
 
 
@@ -873,5 +877,54 @@ def accuracy_by_question(rows: Sequence[Mapping], title: str = "Held-out answers
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=len(rows), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+# --- chapter 12 ------------------------------------------------------------------------------
+
+VIDEO_COLORS = {"video-qformer": QUERY_COLOR, "no-positions": "#9ecae1", "concatenation": TEXT_COLOR,
+                "average": PAD_COLOR}
+
+
+def clip_strips(pool, indices: Sequence[int], captions: Sequence[str] | None = None):
+    """Clips of ``pool`` (``miniature.clips.ClipPool``), one row each, frame after frame; each
+    row titled with its caption, or with the model's ``captions`` in green (right) or red."""
+    frames = pool.frames.shape[1]
+    fig, axes = plt.subplots(len(indices), frames, figsize=(PAGE_WIDTH * 0.62, 1.2 * len(indices) + 0.3),
+                             squeeze=False)
+    for r, (row, i) in enumerate(zip(axes, indices)):
+        for f, ax in enumerate(row):
+            ax.imshow(_image(pool.frames[i, f]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_xlabel(f"frame {f}", fontsize=8)
+                ax.xaxis.set_label_position("top")
+        text = pool.captions[i] if captions is None else captions[i]
+        colour = TOTAL_COLOR if captions is None else (RIGHT_COLOR if captions[i] == pool.captions[i] else WRONG_COLOR)
+        row[0].set_ylabel(_wrapped(text, 16), fontsize=8, color=colour, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def video_scores(rows: Sequence[Mapping], title: str = "Held-out clips"):
+    """Grouped bars, one group per score of ``miniature.clips.clip_scores`` and one bar per
+    model, as ``miniature.clips.video_runs`` returns them; the models' token counts in the legend."""
+    keys = ("exact", "direction", "change", "reversed")
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.2))
+    width = 0.8 / len(rows)
+    for j, r in enumerate(rows):
+        xs = np.arange(len(keys)) + (j - (len(rows) - 1) / 2) * width
+        ax.bar(xs, [r["scores"][k] for k in keys], width, color=VIDEO_COLORS.get(r["kind"], TOTAL_COLOR),
+               edgecolor="white", label=f"{r['kind']} ({r['tokens']} tokens)")
+    ax.set_xticks(np.arange(len(keys)),
+                  ["exact match", "direction of a move", "colour change,\nin order", "captioned as reversed"])
+    ax.set_ylim(0, 1.05)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel("share of held-out clips")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.suptitle(title, y=1.04)
     fig.tight_layout()
     return fig

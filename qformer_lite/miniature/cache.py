@@ -40,6 +40,10 @@ DEPENDS_ON = {
     # instruction-tuning runs from stage 1
     "qa-language-model": ("seed", "train_images", "data", "language"),
     "instruct-run": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "instruct"),
+    # chapter 12: a T5 that rebuilds the training clips' captions, and the four video models on
+    # the stage-1 Q-Former
+    "clip-language-model": ("seed", "clips", "language"),
+    "video-run": ("seed", "train_images", "data", "vision", "language", "qformer", "stage1", "clips", "video"),
     # a connector's entry names its stage 1 itself, when it has one (compare.cached_connector)
     "connector": ("seed", "train_images", "data", "vision", "language", "qformer", "stage2"),
 }

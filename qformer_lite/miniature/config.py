@@ -119,6 +119,28 @@ class StageConfig(JsonConfig):
         self.optim = OptimConfig.from_dict(self.optim) if isinstance(self.optim, dict) else self.optim
 
 
+@dataclass
+class ClipConfig(JsonConfig):
+    """Chapter 12's clips of moving shapes (``clips.py``): how many frames, how many clips."""
+
+    frames: int = 4  # the path of a move, cell by cell with a pause in the middle: 0, 1, 1, 2
+    train_clips: int = 2048  # rendered once; their frames' features are computed once
+    test_clips_per_caption: int = 8
+    held_out_fraction: float = 0.15  # of all clip captions, seen only in the test split
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.frames != 4:
+            raise ValueError(f"ClipConfig.frames must be 4 (a move crosses three cells, pausing in the middle), "
+                             f"got {self.frames!r}")
+        for name in ("train_clips", "test_clips_per_caption"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ClipConfig.{name} must be a positive integer, got {value!r}")
+        if not 0.0 < self.held_out_fraction < 1.0:
+            raise ValueError(f"ClipConfig.held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
+
+
 def vocab_size() -> int:
     return len(SPECIAL_TOKENS) + len(vocabulary())
 
@@ -153,6 +175,9 @@ class MiniatureConfig(JsonConfig):
     # chapter 11's instruction tuning: stage 2's settings on questions, for fewer steps (short
     # answers are learnt sooner than captions, and the chapter trains four models)
     instruct: StageConfig = field(default_factory=lambda: StageConfig(OptimConfig(steps=300, lr=3e-3)))
+    # chapter 12's clips, and the training of each of its four video models on their captions
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    video: StageConfig = field(default_factory=lambda: StageConfig(OptimConfig(steps=300, lr=3e-3)))
     num_beams: int = 5  # LAVIS's default for captions
     max_new_tokens: int = 12  # captions are at most 8 words + </s>
     rerank_k: int = 8  # ITC candidates re-ranked by ITM for recall@1 (LAVIS's k_test)
@@ -161,6 +186,7 @@ class MiniatureConfig(JsonConfig):
         for name, kind in (("data", DataConfig), ("vision", VisionConfig), ("language", LanguageConfig),
                            ("decoder", DecoderConfig),
                            ("stage1", StageConfig), ("stage2", StageConfig), ("instruct", StageConfig),
+                           ("clips", ClipConfig), ("video", StageConfig),
                            ("qformer", QFormerConfig)):
             if isinstance(getattr(self, name), dict):  # as read from JSON
                 setattr(self, name, kind.from_dict(getattr(self, name)))
@@ -205,6 +231,8 @@ class MiniatureConfig(JsonConfig):
             stage1=StageConfig(OptimConfig(steps=6, batch_size=16, warmup_steps=2)),
             stage2=StageConfig(OptimConfig(steps=6, batch_size=16, warmup_steps=2)),
             instruct=StageConfig(OptimConfig(steps=6, batch_size=16, warmup_steps=2)),
+            clips=ClipConfig(train_clips=64, test_clips_per_caption=1),
+            video=StageConfig(OptimConfig(steps=6, batch_size=16, warmup_steps=2)),
             num_beams=2,
             rerank_k=4,
         )
