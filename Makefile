@@ -1,4 +1,5 @@
 # Two commands do everything on a fresh machine: `make book` and `make test`.
+# Two editions: the English book at the root, the Japanese one in ja/ (the same code, page for page).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,12 @@ STRICT := QFORMER_LITE_STRICT_CHECKS=1
 # The unit tests run in this many processes, the threads shared out among them (tests/conftest.py).
 TEST_JOBS ?= 2
 
-.PHONY: install test unit notebooks book book-strict clean test-lavis
+# make test executes each English chapter once, under nbmake, in a copy of the book here, and
+# renders the English edition from that run; the Japanese edition executes its own chapters.
+EXECUTED := _build/executed
+SOURCES  := _config.yml _toc.yml references.bib _vendor book notebooks
+
+.PHONY: install test unit notebooks book book-ja book-strict book-ja-strict clean test-lavis
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,26 +27,44 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
-# Unit and parity tests, every notebook under nbmake, then the strict book build.
+# Unit and parity tests, every notebook under nbmake, then the strict build of both editions.
 test: install
 	$(BIN)/python -m pytest -n $(TEST_JOBS) tests
-	$(STRICT) $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
-	$(MAKE) --no-print-directory book-strict
+	rm -rf _build ja/_build && mkdir -p $(EXECUTED) && cp -r $(SOURCES) $(EXECUTED)/
+	$(STRICT) $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 --overwrite $(EXECUTED)/notebooks
+	$(BIN)/python -c "import sys, yaml; p = sys.argv[1]; c = yaml.safe_load(open(p)); \
+	c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open(p, 'w'), allow_unicode=True)" $(EXECUTED)/_config.yml
+	$(BIN)/jupyter-book build $(EXECUTED) $(BOOK_FLAGS) || { cat $(EXECUTED)/_build/html/reports/*.err.log 2>/dev/null; exit 1; }
+	$(MAKE) --no-print-directory book-ja-strict
 
 unit: install
 	$(BIN)/python -m pytest -n $(TEST_JOBS) tests
 
 notebooks: install
-	$(STRICT) $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks
+	$(STRICT) $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 notebooks ja/notebooks
 
+# Both editions, each executing every chapter: the English one in _build/html, the Japanese one
+# in ja/_build/html, copied to _build/html/ja so that the pages' links between editions work.
 book-strict: install
-	rm -rf _build  # a fresh build: Sphinx would otherwise reuse cached notebook outputs
+	rm -rf _build ja/_build  # a fresh build: Sphinx would otherwise reuse cached notebook outputs
 	$(STRICT) $(BIN)/jupyter-book build . $(BOOK_FLAGS) || { cat _build/html/reports/*.err.log 2>/dev/null; exit 1; }
+	$(MAKE) --no-print-directory book-ja-strict
+	cp -r ja/_build/html _build/html/ja
+
+book-ja-strict: install
+	rm -rf ja/_build
+	$(STRICT) $(BIN)/jupyter-book build ja $(BOOK_FLAGS) || { cat ja/_build/html/reports/*.err.log 2>/dev/null; exit 1; }
 
 book: book-strict
 	@echo
-	@echo "The book is built. Open it in a browser:"
-	@echo "  file://$(CURDIR)/_build/html/index.html"
+	@echo "Both editions are built. Open them in a browser:"
+	@echo "  file://$(CURDIR)/_build/html/index.html     (English)"
+	@echo "  file://$(CURDIR)/_build/html/ja/index.html  (日本語)"
+
+book-ja: book-ja-strict
+	@echo
+	@echo "The Japanese edition is built. Open it in a browser:"
+	@echo "  file://$(CURDIR)/ja/_build/html/index.html"
 
 # Optional: stage 1 against LAVIS 1.0.2's own Blip2Qformer.forward, in a venv of its own
 # (LAVIS needs transformers 4.x); see tests/lavis/README.md.
@@ -59,4 +83,4 @@ test-lavis: install $(LAVIS_VENV)/.installed
 	$(OFFLINE) LAVIS_REFERENCE=$(CURDIR)/$(LAVIS_REF) $(BIN)/python -m pytest tests/test_lavis_parity.py -v -s -rs
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build ja/_build .pytest_cache
