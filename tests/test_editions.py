@@ -141,3 +141,12 @@ def test_an_edited_chapter_fails(tmp_path):
     edited.write_text(json.dumps(nb), encoding="utf-8")
     assert compare(ROOT / rel, JA / rel) == []
     assert compare(ROOT / rel, edited), "a Japanese chapter with one number changed passed"
+
+
+@pytest.mark.parametrize("rel", EN_NOTEBOOKS, ids=lambda r: r.split("/")[-1][:2])
+def test_japanese_chapters_are_committed_without_outputs(rel):
+    nb = json.loads((JA / rel).read_text(encoding="utf-8"))
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, f"ja/{rel} has outputs"
