@@ -16,8 +16,16 @@ from torch import nn
 
 from qformer_lite import QFormer, QFormerConfig, losses
 from qformer_lite.attention import arithmetic_ratio
-from qformer_lite.book import checks
+from qformer_lite.book import checks, set_language
 from qformer_lite.masks import build_attention_mask
+
+
+@pytest.fixture(autouse=True)
+def _english():
+    """These tests read the English messages, whatever $QFORMER_LITE_LANG says (the Japanese
+    ones: tests/test_checks_ja.py)."""
+    set_language("en")
+    yield
 
 
 def run(capsys, checker, *args):

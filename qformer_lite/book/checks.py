@@ -9,6 +9,11 @@ the learner's own line. The one exception is the book's own build: with
 ``QFORMER_LITE_STRICT_CHECKS=1`` in the environment (``make test`` and ``make book`` set it), a
 check that does not pass raises ``AssertionError``, so that a solution that has drifted from
 the library fails the build instead of printing a hint nobody reads.
+
+Every message is written in English and in Japanese, side by side (``_tr(en, ja)``), and is
+printed in the language of ``qformer_lite.book.set_language`` (English by default, or
+``$QFORMER_LITE_LANG``), read when the check runs. The lines wrap at ``WIDTH`` columns; in
+Japanese a wide character counts as two columns, and a line may break between two of them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import sysconfig
 import textwrap
 import traceback
+import unicodedata
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
@@ -32,11 +38,14 @@ from ..attention import MultiHeadAttention, attention_from_scratch, cross_attent
 from ..config import QFormerConfig
 from ..masks import MODES, build_attention_mask
 from ..queries import vit_tokens
+from . import language
 
 __all__ = [
     # every chapter
     "PASS",
     "FAIL",
+    "PASS_JA",
+    "FAIL_JA",
     "WIDTH",
     "STRICT_ENV",
     "CheckResult",
@@ -81,6 +90,8 @@ __all__ = [
 
 PASS = "✓ Correct"
 FAIL = "✗ Not yet"
+PASS_JA = "✓ 正解"  # the same in Japanese (set_language("ja"))
+FAIL_JA = "✗ もう一歩"
 WIDTH = 70  # printed lines wrap here: a solution's dropdown in the book shows about 70 columns
 
 
@@ -119,11 +130,96 @@ def _keeps_random_state(checker: Callable) -> Callable:
     return run
 
 
+def _tr(en: str, ja: str) -> str:
+    """The message in the language the checkers speak now: ``en`` or ``ja`` (``set_language``)."""
+    return ja if language() == "ja" else en
+
+
+# a line may not start with these (closing brackets and punctuation, small kana) nor end with
+# the opening brackets: they stay with their neighbour when a Japanese line is wrapped
+_NO_LINE_START = frozenset("、。，．・：；？！）］｝〕〉》」』】ー々ぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮ)]},.:;!?")
+_NO_LINE_END = frozenset("（［｛〔〈《「『【([{")
+
+
+def _is_wide(char: str) -> bool:
+    return unicodedata.east_asian_width(char) in "WF"
+
+
+def _columns(text: str) -> int:
+    """How many columns ``text`` takes on screen: an East Asian wide character takes two."""
+    return sum(2 if _is_wide(c) else 1 for c in text)
+
+
+def _kind(char: str) -> str:
+    if char.isspace():
+        return "space"
+    if "\u30a1" <= char <= "\u30fa" or char == "ー":
+        return "katakana"
+    return "wide" if _is_wide(char) else "narrow"
+
+
+def _atoms(text: str) -> list[str]:
+    """``text`` cut where a Japanese line may break: each space, each wide character, and each
+    run of narrow characters (a code name, a number, an English word) or of katakana (a word
+    such as クロスアテンション) whole."""
+    atoms: list[str] = []
+    kind = None
+    for char in text:
+        new = _kind(char)
+        if new == kind and new in ("narrow", "katakana"):
+            atoms[-1] += char
+        else:
+            atoms.append(char)
+        kind = new
+    kept: list[str] = []  # the line-breaking rules (kinsoku): glue the atoms that must stay together
+    for atom in atoms:
+        if (kept and not atom.isspace() and not kept[-1].isspace()
+                and (atom[0] in _NO_LINE_START or kept[-1][-1] in _NO_LINE_END)):
+            kept[-1] += atom
+        else:
+            kept.append(atom)
+    return kept
+
+
+def _wrap_wide(text: str, width: int = WIDTH, indent: str = "  ") -> str:
+    """``textwrap.fill`` for text with wide characters: lines of at most ``width`` columns, the
+    next ones indented by ``indent``, broken at a space or between two wide characters, never
+    inside a run of narrow characters unless it is longer than a line."""
+    lines: list[str] = []
+    line, space = "", False
+    for atom in _atoms(text):
+        if atom.isspace():
+            space = bool(line.strip())  # a space between two atoms; none at the start of a line
+            continue
+        piece, space = (" " + atom if space else atom), False
+        if line.strip() and _columns(line + piece) > width:
+            lines.append(line)
+            line, piece = indent, atom
+        while _columns(line + piece) > width:  # longer than a line: cut it, as textwrap does
+            fits = max(k for k in range(len(piece) + 1) if _columns(line + piece[:k]) <= width)
+            if fits == 0 and line.strip():
+                lines.append(line)
+                line = indent
+                continue
+            fits = max(fits, 1)
+            lines.append(line + piece[:fits])
+            line, piece = indent, piece[fits:]
+        line += piece
+    if line.strip():
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def _say(ok: bool, message: str) -> CheckResult:
-    line = f"{PASS}: {message}" if ok else f"{FAIL}: {message}"
-    print(textwrap.fill(line, width=WIDTH, subsequent_indent="  ", break_on_hyphens=False))
+    if language() == "ja":
+        line = f"{PASS_JA}：{message}" if ok else f"{FAIL_JA}：{message}"
+        print(_wrap_wide(line))
+    else:
+        line = f"{PASS}: {message}" if ok else f"{FAIL}: {message}"
+        print(textwrap.fill(line, width=WIDTH, subsequent_indent="  ", break_on_hyphens=False))
     if not ok and os.environ.get(STRICT_ENV) == "1":
-        raise AssertionError(f"{line} ({STRICT_ENV}=1: the book's solutions must pass their checks)")
+        raise AssertionError(_tr(f"{line} ({STRICT_ENV}=1: the book's solutions must pass their checks)",
+                                 f"{line}（{STRICT_ENV}=1：本書の解答はチェックに合格する必要があります）"))
     return CheckResult(ok, line)
 
 
@@ -157,11 +253,12 @@ class _CalledTheModule(RuntimeError):
     what it was to write; its message says what was called, and the hint."""
 
 
-def _refuse(message: str) -> Callable:
-    """A stand-in for a method an exercise's answer must not call."""
+def _refuse(en: str, ja: str) -> Callable:
+    """A stand-in for a method an exercise's answer must not call; it says why in the reader's
+    language (``en`` or ``ja``, chosen when it is called)."""
 
     def refused(*args, **kwargs):
-        raise _CalledTheModule(message)
+        raise _CalledTheModule(_tr(en, ja))
 
     return refused
 
@@ -178,9 +275,12 @@ def _raised(name: str, err: BaseException) -> CheckResult:
         code = " ".join((frame.line or "").split())
         if len(code) > 80:
             code = code[:77] + "..."
-        where = f" (line {frame.lineno}, in {frame.name}" + (f": {code}" if code else "") + ")"
-    return _say(False, f"{name} raised {type(err).__name__}: {first_line}{where}. Hint: run it on "
-                       f"a small input and print the shapes step by step.")
+        where = _tr(f" (line {frame.lineno}, in {frame.name}" + (f": {code}" if code else "") + ")",
+                    f"（{frame.lineno} 行目、{frame.name} 内" + (f"：{code}" if code else "") + "）")
+    return _say(False, _tr(f"{name} raised {type(err).__name__}: {first_line}{where}. Hint: run it on "
+                           f"a small input and print the shapes step by step.",
+                           f"{name} で {type(err).__name__} が発生しました：{first_line}{where}。ヒント："
+                           f"小さな入力で実行し、各ステップの形状を print してみましょう。"))
 
 
 def _call(name: str, fn: Callable, *args):
@@ -188,7 +288,8 @@ def _call(name: str, fn: Callable, *args):
     try:
         return None, fn(*args)
     except NotImplementedError:
-        return _say(False, f"{name} is not written yet (it raises NotImplementedError)."), None
+        return _say(False, _tr(f"{name} is not written yet (it raises NotImplementedError).",
+                               f"{name} はまだ書かれていません（NotImplementedError を送出しています）。")), None
     except Exception as err:  # any mistake in the learner's code becomes a hint
         return _raised(name, err), None
 
@@ -198,13 +299,21 @@ def _first(result):
     return result[0] if isinstance(result, (tuple, list)) and len(result) else result
 
 
+def _returned_none(name: str) -> CheckResult:
+    return _say(False, _tr(f"{name} returned None. Hint: end the function with `return ...`.",
+                           f"{name} が None を返しました。ヒント：関数の最後に `return ...` を書きましょう。"))
+
+
 def _same_shape(name: str, got, expected: torch.Tensor, what: str):
     if got is None:
-        return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
+        return _returned_none(name)
     if not isinstance(got, torch.Tensor):
-        return _say(False, f"{name} returned a {type(got).__name__}; expected a tensor of shape {what}.")
+        return _say(False, _tr(f"{name} returned a {type(got).__name__}; expected a tensor of shape {what}.",
+                               f"{name} が {type(got).__name__} を返しました。形状 {what} のテンソルが必要です。"))
     if tuple(got.shape) != tuple(expected.shape):
-        return _say(False, f"{name} returned shape {tuple(got.shape)}; expected {tuple(expected.shape)} = {what}.")
+        return _say(False, _tr(f"{name} returned shape {tuple(got.shape)}; expected {tuple(expected.shape)} = {what}.",
+                               f"{name} が返した形状は {tuple(got.shape)} です。期待される形状は "
+                               f"{tuple(expected.shape)} = {what} です。"))
     return None
 
 
@@ -225,98 +334,132 @@ def _plain(value: Any) -> Any:
 
 # --- the short answers, chapter by chapter ---------------------------------------------------
 
-# key -> (expected, hint when wrong). Where the expected value follows from the miniature's
-# settings (chapters 6 and 7) it is a function of ``MiniatureConfig.default()``, called when
-# the answer is looked up, so that importing the checkers stays light.
-_ANSWERS: dict[str, tuple[Any, str]] = {
+# key -> (expected, (hint when wrong in English, the same in Japanese)). Where the expected
+# value follows from the miniature's settings (chapters 6 and 7) it is a function of
+# ``MiniatureConfig.default()``, called when the answer is looked up, so that importing the
+# checkers stays light.
+_ANSWERS: dict[str, tuple[Any, tuple[str, str]]] = {
     # chapter 1
     "images_in_2048_all_tokens": (
         2048 // vit_tokens(364),
-        "ViT-g/14 cuts a 364-px image into (364 // 14)² patches of 14 px and adds one [CLS] "
-        "token; only whole images fit: 2048 // (tokens per image).",
+        ("ViT-g/14 cuts a 364-px image into (364 // 14)² patches of 14 px and adds one [CLS] "
+         "token; only whole images fit: 2048 // (tokens per image).",
+         "ViT-g/14 は 364 px の画像を 14 px のパッチ (364 // 14)² 個に切り分け、[CLS] トークンを "
+         "1 つ加えます。入るのは画像まるごとの単位なので、2048 // (画像 1 枚あたりのトークン数) です。"),
     ),
     "images_in_2048_queries": (
         2048 // 32,
-        "The Q-Former hands the language model num_query_tokens = 32 vectors per image, "
-        "whatever the image size: 2048 // 32.",
+        ("The Q-Former hands the language model num_query_tokens = 32 vectors per image, "
+         "whatever the image size: 2048 // 32.",
+         "Q-Former は画像の大きさによらず、画像 1 枚につき num_query_tokens = 32 個のベクトルを"
+         "言語モデルに渡します。したがって 2048 // 32 です。"),
     ),
     # chapter 2
     "self_attention_params": (
         2_363_904,
-        "Count query, key, value and the output dense: four Linear(768, 768) with biases, "
-        "then one LayerNorm(768) with a weight and a bias.",
+        ("Count query, key, value and the output dense: four Linear(768, 768) with biases, "
+         "then one LayerNorm(768) with a weight and a bias.",
+         "query、key、value と出力の dense を数えましょう：バイアス付きの Linear(768, 768) が 4 つ、"
+         "さらに重みとバイアスを持つ LayerNorm(768) が 1 つです。"),
     ),
     # chapter 3
     "cross_attention_params": (
         3_346_944,
-        "The query projection is Linear(768, 768), but key and value read the 1408-wide image "
-        "features: Linear(1408, 768). Add the output dense (768, 768) and its LayerNorm.",
+        ("The query projection is Linear(768, 768), but key and value read the 1408-wide image "
+         "features: Linear(1408, 768). Add the output dense (768, 768) and its LayerNorm.",
+         "query の射影は Linear(768, 768) ですが、key と value は幅 1408 の画像特徴を読むので "
+         "Linear(1408, 768) です。出力の dense (768, 768) とその LayerNorm も加えましょう。"),
     ),
     "cross_blocks_reaching_text": (
         6,
-        "The text reads the queries in every layer's self-attention, which runs before that "
-        "layer's cross-attention. A block in layer i changes the queries after the text has "
-        "read them, so the text first sees its work in layer i + 1, if there is one.",
+        ("The text reads the queries in every layer's self-attention, which runs before that "
+         "layer's cross-attention. A block in layer i changes the queries after the text has "
+         "read them, so the text first sees its work in layer i + 1, if there is one.",
+         "テキストは各層のセルフアテンションでクエリを読みますが、それはその層のクロスアテンションより"
+         "前に実行されます。層 i のブロックはテキストが読んだ後でクエリを変えるので、テキストがその結果を"
+         "初めて見るのは層 i + 1 です（その層があれば）。"),
     ),
     "cross_blocks_reaching_text_odd": (
         5,
-        "The text reads the queries in every layer's self-attention, which runs before that "
-        "layer's cross-attention. A block in layer i reaches the text in layer i + 1; the "
-        "last layer, 11, has no next layer.",
+        ("The text reads the queries in every layer's self-attention, which runs before that "
+         "layer's cross-attention. A block in layer i reaches the text in layer i + 1; the "
+         "last layer, 11, has no next layer.",
+         "テキストは各層のセルフアテンションでクエリを読みますが、それはその層のクロスアテンションより"
+         "前に実行されます。層 i のブロックがテキストに届くのは層 i + 1 です。最後の層 11 には次の層が"
+         "ありません。"),
     ),
     "cross_macs_plain": (
         2 * 257 * 1408 * 768,
-        "The plain form projects every image token to a key and a value: two Linear(1408, 768) "
-        "on N = 257 tokens, N·C·D multiply-adds each (biases left out).",
+        ("The plain form projects every image token to a key and a value: two Linear(1408, 768) "
+         "on N = 257 tokens, N·C·D multiply-adds each (biases left out).",
+         "plain 形式では、すべての画像トークンを key と value に射影します：N = 257 個のトークンに "
+         "Linear(1408, 768) を 2 回、それぞれ N·C·D 回の積和です（バイアスは除きます）。"),
     ),
     "cross_macs_query_side": (
         2 * 12 * 32 * 1408 * (257 + 64),
-        "Per head, for its Q = 32 queries: W_k into the queries (Q·d·C), the scores against "
-        "the image tokens (Q·C·N), their weighted sum (Q·N·C) and W_v after it (Q·C·d), "
-        "with d = 64; then times H = 12 heads.",
+        ("Per head, for its Q = 32 queries: W_k into the queries (Q·d·C), the scores against "
+         "the image tokens (Q·C·N), their weighted sum (Q·N·C) and W_v after it (Q·C·d), "
+         "with d = 64; then times H = 12 heads.",
+         "ヘッドごとに Q = 32 個のクエリについて、クエリへの W_k (Q·d·C)、画像トークンとのスコア "
+         "(Q·C·N)、その重み付き和 (Q·N·C)、その後の W_v (Q·C·d) を数えます（d = 64）。最後にヘッド数 "
+         "H = 12 を掛けましょう。"),
     ),
     # chapter 5
     "instructblip_mask": (
         "itm",
-        "The instruction and the queries must read each other both ways, with no causality.",
+        ("The instruction and the queries must read each other both ways, with no causality.",
+         "指示文とクエリは、因果的な制約なしに双方向で互いを読む必要があります。"),
     ),
     # chapter 6
     "itm_pairs_per_batch": (
         lambda m: 3 * m.stage1.optim.batch_size,
-        "Each matching pair brings one hard negative image and one hard negative text.",
+        ("Each matching pair brings one hard negative image and one hard negative text.",
+         "一致するペア 1 つにつき、ハードネガティブの画像 1 枚とハードネガティブのテキスト 1 つが加わります。"),
     ),
     # chapter 7
     "soft_prompt_length": (
         lambda m: m.qformer.num_query_tokens + 1,
-        "The T5 encoder reads every projected query, then the prompt; an empty prompt is "
-        "tokenised as '</s>' alone.",
+        ("The T5 encoder reads every projected query, then the prompt; an empty prompt is "
+         "tokenised as '</s>' alone.",
+         "T5 エンコーダは射影されたクエリをすべて読み、続いてプロンプトを読みます。空のプロンプトは "
+         "'</s>' だけにトークン化されます。"),
     ),
     "projection_params": (
         lambda m: m.qformer.hidden_size * m.language.d_model + m.language.d_model,
-        "One Linear from the Q-Former's width to T5's d_model, with a bias.",
+        ("One Linear from the Q-Former's width to T5's d_model, with a bias.",
+         "Q-Former の幅から T5 の d_model への、バイアス付きの Linear 1 つです。"),
     ),
     # chapter 9 (its world: 48-px images in 6-px patches, the miniature's T5)
     "linear_prompt_length": (
         64 + 1,
-        "LLaVA's projection maps every patch token, [CLS] left out: (48 // 6)² of them, "
-        "then the empty prompt's </s>.",
+        ("LLaVA's projection maps every patch token, [CLS] left out: (48 // 6)² of them, "
+         "then the empty prompt's </s>.",
+         "LLaVA の射影は [CLS] を除くすべてのパッチトークン、つまり (48 // 6)² 個を写します。その後に"
+         "空のプロンプトの </s> が続きます。"),
     ),
     "t5_encoder_macs_pooled_25": (
         lambda m: _t5_encoder_macs(m, 25 + 1),
-        "Per layer and position: q, k, v and o are d_model x (heads x d_kv) each; the scores and "
-        "their weighted sum are length x heads x d_kv each; the gated FFN is three d_model x d_ff "
-        "maps. Count 25 + 1 positions and config.language.num_layers layers.",
+        ("Per layer and position: q, k, v and o are d_model x (heads x d_kv) each; the scores and "
+         "their weighted sum are length x heads x d_kv each; the gated FFN is three d_model x d_ff "
+         "maps. Count 25 + 1 positions and config.language.num_layers layers.",
+         "層と位置ごとに、q、k、v、o はそれぞれ d_model x (heads x d_kv)、スコアとその重み付き和は"
+         "それぞれ length x heads x d_kv、ゲート付き FFN は d_model x d_ff の写像 3 つです。位置は "
+         "25 + 1 個、層は config.language.num_layers 個として数えましょう。"),
     ),
     # chapter 10
     "minigpt4_13b_proj_params": (
         768 * 5120 + 5120,
-        "llama_proj is one Linear from the Q-Former's width (768) to Vicuna-13B's hidden size "
-        "(5120), with a bias.",
+        ("llama_proj is one Linear from the Q-Former's width (768) to Vicuna-13B's hidden size "
+         "(5120), with a bias.",
+         "llama_proj は Q-Former の幅 (768) から Vicuna-13B の隠れ次元 (5120) への、バイアス付きの "
+         "Linear 1 つです。"),
     ),
     "chat_positions": (
         lambda m: 1 + 2 + m.qformer.num_query_tokens + 5,
-        "Count what the stand-in reads: </s>, the words before <ImageHere> (###Human: <Img>), "
-        "one vector per query in its place, then the words after it up to ###Assistant:.",
+        ("Count what the stand-in reads: </s>, the words before <ImageHere> (###Human: <Img>), "
+         "one vector per query in its place, then the words after it up to ###Assistant:.",
+         "代役のモデルが読むものを数えましょう：</s>、<ImageHere> より前の語 (###Human: <Img>)、"
+         "その位置に入るクエリごとのベクトル 1 つずつ、そしてその後ろの ###Assistant: までの語です。"),
     ),
 }
 
@@ -329,9 +472,10 @@ def _t5_encoder_macs(m, length: int) -> int:
 
 
 class _Answers(Mapping):
-    """The answer table, with the miniature's answers computed when they are looked up."""
+    """The answer table, with the miniature's answers computed when they are looked up, and
+    each hint in the reader's language."""
 
-    def __init__(self, table: dict[str, tuple[Any, str]]):
+    def __init__(self, table: dict[str, tuple[Any, tuple[str, str]]]):
         self._table = table
 
     def __getitem__(self, key: str) -> tuple[Any, str]:
@@ -340,7 +484,7 @@ class _Answers(Mapping):
             from ..miniature.config import MiniatureConfig
 
             expected = expected(MiniatureConfig.default())
-        return expected, hint
+        return expected, _tr(*hint)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._table)
@@ -355,40 +499,53 @@ ANSWERS: Mapping[str, tuple[Any, str]] = _Answers(_ANSWERS)
 @_keeps_random_state
 def check_answer(key: str, value: Any, answers: Mapping[str, tuple[Any, str]] | None = None) -> CheckResult:
     """Compare a short answer (a number, a bool or a word) with the book's (``answers``:
-    key -> (expected, hint); by default the chapters' ``ANSWERS``).
+    key -> (expected, hint); by default the chapters' ``ANSWERS``). A hint may be one string
+    or a pair (English, Japanese).
 
     A bool answer must be ``True`` or ``False`` (not 0 or 1); a number must not be a bool.
     """
     answers = ANSWERS if answers is None else answers
     if key not in answers:
-        return _say(False, f"unknown exercise key {key!r}; known: {', '.join(sorted(answers))}")
+        return _say(False, _tr(f"unknown exercise key {key!r}; known: {', '.join(sorted(answers))}",
+                               f"演習のキー {key!r} はありません。使えるキー：{', '.join(sorted(answers))}"))
     expected, hint = answers[key]
+    hint = _tr(*hint) if isinstance(hint, tuple) else hint
     if value is None or value is ...:
-        return _say(False, f"no answer yet for {key!r}. Replace the ... with your value.")
+        return _say(False, _tr(f"no answer yet for {key!r}. Replace the ... with your value.",
+                               f"{key!r} の答えがまだありません。... をあなたの値に置き換えてください。"))
     value = _plain(value)
+    kind = type(value).__name__
     if isinstance(expected, bool):
         if not isinstance(value, bool):
-            return _say(False, f"{key} expects True or False; got the {type(value).__name__} {_short(value)}. "
-                               f"Hint: write the answer as True or False, not as 0 or 1.")
+            return _say(False, _tr(f"{key} expects True or False; got the {kind} {_short(value)}. "
+                                   f"Hint: write the answer as True or False, not as 0 or 1.",
+                                   f"{key} の答えは True か False です。受け取ったのは {kind} の {_short(value)} "
+                                   f"です。ヒント：0 や 1 ではなく、True か False で答えてください。"))
         ok = value == expected
     elif isinstance(expected, str):
         if not isinstance(value, str):
-            return _say(False, f"{key} expects a word in quotes, such as one of the names in the "
-                               f"question; got the {type(value).__name__} {_short(value)}.")
+            return _say(False, _tr(f"{key} expects a word in quotes, such as one of the names in the "
+                                   f"question; got the {kind} {_short(value)}.",
+                                   f"{key} の答えは、問題文に出てくる名前のような、引用符で囲んだ単語です。"
+                                   f"受け取ったのは {kind} の {_short(value)} です。"))
         ok = value.strip().lower() == expected
     else:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return _say(False, f"{key} expects a number; got the {type(value).__name__} {_short(value)}.")
+            return _say(False, _tr(f"{key} expects a number; got the {kind} {_short(value)}.",
+                                   f"{key} の答えは数値です。受け取ったのは {kind} の {_short(value)} です。"))
         if math.isnan(value):
-            return _say(False, f"{key} is NaN. Hint: {hint}")
+            return _say(False, _tr(f"{key} is NaN. Hint: {hint}", f"{key} が NaN です。ヒント：{hint}"))
         ok = value == expected
     if ok:
-        return _say(True, f"{key} = {value!r}.")
+        return _say(True, _tr(f"{key} = {value!r}.", f"{key} は {value!r} です。"))
     if isinstance(expected, numbers.Real) and not isinstance(expected, bool):
-        direction = "too high" if value > expected else "too low"
+        high = value > expected
         shown = f"{value:,}" if float(value).is_integer() else f"{value:,.4g}"
-        return _say(False, f"{shown} is {direction} for {key}. Hint: {hint}")
-    return _say(False, f"{_short(value)} is not the answer for {key}. Hint: {hint}")
+        return _say(False, _tr(f"{shown} is {'too high' if high else 'too low'} for {key}. Hint: {hint}",
+                               f"{key} の答えとして {shown} は{'大きすぎ' if high else '小さすぎ'}ます。"
+                               f"ヒント：{hint}"))
+    return _say(False, _tr(f"{_short(value)} is not the answer for {key}. Hint: {hint}",
+                           f"{_short(value)} は {key} の答えではありません。ヒント：{hint}"))
 
 
 # --- chapter 1 -------------------------------------------------------------------------------
@@ -403,56 +560,77 @@ def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
     """``cls(num_queries, hidden_size)`` must build a module whose only parameter is a (1, Q, D)
     tensor drawn from N(0, 0.02²), and whose ``forward(batch)`` returns it for the batch as a
     view (``expand``: no copy), with the gradients of every image reaching the parameter."""
-    name = getattr(cls, "__name__", "your class")
+    name = getattr(cls, "__name__", _tr("your class", "あなたのクラス"))
     torch.manual_seed(0)
     failed, module = _call(name, cls, 32, 768)
     if failed is not None:
         return failed
     if not isinstance(module, nn.Module):
-        return _say(False, f"{name}(32, 768) is a {type(module).__name__}, not an nn.Module.")
+        return _say(False, _tr(f"{name}(32, 768) is a {type(module).__name__}, not an nn.Module.",
+                               f"{name}(32, 768) は {type(module).__name__} で、nn.Module ではありません。"))
     params = list(module.parameters())
     if len(params) != 1:
-        return _say(False, f"{name} holds {len(params)} parameters; the queries are one nn.Parameter "
-                           f"of shape (1, Q, D).")
+        return _say(False, _tr(f"{name} holds {len(params)} parameters; the queries are one nn.Parameter "
+                               f"of shape (1, Q, D).",
+                               f"{name} のパラメータは {len(params)} 個です。クエリは形状 (1, Q, D) の "
+                               f"nn.Parameter 1 つです。"))
     weight = params[0]
     if tuple(weight.shape) != (1, 32, 768):
-        return _say(False, f"the parameter has shape {tuple(weight.shape)}; expected (1, 32, 768) = (1, Q, D). "
-                           f"Hint: the leading 1 lets one set of queries serve every image in a batch.")
+        return _say(False, _tr(f"the parameter has shape {tuple(weight.shape)}; expected (1, 32, 768) = (1, Q, D). "
+                               f"Hint: the leading 1 lets one set of queries serve every image in a batch.",
+                               f"パラメータの形状が {tuple(weight.shape)} です。期待される形状は (1, 32, 768) = "
+                               f"(1, Q, D) です。ヒント：先頭の 1 があるので、1 組のクエリをバッチ内のすべての"
+                               f"画像で共有できます。"))
     values = weight.detach().float()
     std, mean = float(values.std()), float(values.mean())
     if not (0.018 < std < 0.022 and abs(mean) < 0.002):
-        return _say(False, f"the queries have mean {mean:.2g} and std {std:.2g}; LAVIS draws them from "
-                           f"N(0, 0.02²). Hint: nn.init.normal_(weight, mean=0.0, std=0.02).")
+        return _say(False, _tr(f"the queries have mean {mean:.2g} and std {std:.2g}; LAVIS draws them from "
+                               f"N(0, 0.02²). Hint: nn.init.normal_(weight, mean=0.0, std=0.02).",
+                               f"クエリの平均は {mean:.2g}、標準偏差は {std:.2g} です。LAVIS はクエリを "
+                               f"N(0, 0.02²) から抽出します。ヒント：nn.init.normal_(weight, mean=0.0, std=0.02)。"))
     within_one_std = float(((values - mean).abs() < std).float().mean())  # 0.683 for a normal
     if not 0.65 < within_one_std < 0.72:
-        return _say(False, f"the queries have std 0.02 but are not normal: {within_one_std:.0%} of them lie "
-                           f"within one std of the mean, where a normal distribution has 68%. "
-                           f"Hint: nn.init.normal_(weight, mean=0.0, std=0.02), not uniform_.")
+        return _say(False, _tr(f"the queries have std 0.02 but are not normal: {within_one_std:.0%} of them lie "
+                               f"within one std of the mean, where a normal distribution has 68%. "
+                               f"Hint: nn.init.normal_(weight, mean=0.0, std=0.02), not uniform_.",
+                               f"クエリの標準偏差は 0.02 ですが、正規分布ではありません：平均から 1 標準偏差以内に"
+                               f"あるのは {within_one_std:.0%} で、正規分布なら 68% です。ヒント：uniform_ ではなく "
+                               f"nn.init.normal_(weight, mean=0.0, std=0.02) を使いましょう。"))
     failed, out = _call(f"{name}.forward", module, 3)
     if failed is None:
         failed = _same_shape(f"{name}(3)", out, torch.empty(3, 32, 768), "(B, Q, D)")
     if failed is not None:
         return failed
     if not all(torch.equal(out[b], weight[0]) for b in range(3)):
-        return _say(False, "every image in the batch must get the same queries: out[b] == weight[0].")
+        return _say(False, _tr("every image in the batch must get the same queries: out[b] == weight[0].",
+                               "バッチ内のすべての画像が同じクエリを受け取る必要があります：out[b] == weight[0]。"))
     if not out.requires_grad:
-        return _say(False, "the output carries no gradients back to the parameter (it is detached, or "
-                           "made from .data). Hint: return self.weight.expand(batch_size, -1, -1).")
+        return _say(False, _tr("the output carries no gradients back to the parameter (it is detached, or "
+                               "made from .data). Hint: return self.weight.expand(batch_size, -1, -1).",
+                               "出力から勾配がパラメータに戻りません（detach されているか、.data から作られて"
+                               "います）。ヒント：return self.weight.expand(batch_size, -1, -1)。"))
     out.sum().backward()
     if weight.grad is None or not torch.allclose(weight.grad, torch.full_like(weight, 3.0)):
-        return _say(False, "the batch's gradients do not reach the parameter (or not all of them). "
-                           "Hint: weight.expand(batch, -1, -1) keeps the graph and copies nothing.")
+        return _say(False, _tr("the batch's gradients do not reach the parameter (or not all of them). "
+                               "Hint: weight.expand(batch, -1, -1) keeps the graph and copies nothing.",
+                               "バッチの勾配がパラメータに届いていません（または一部しか届いていません）。"
+                               "ヒント：weight.expand(batch, -1, -1) なら計算グラフを保ったまま、何もコピーしません。"))
     if not _shares_memory(out, weight):
-        return _say(False, "the batch is a copy of the queries: it does not share the parameter's memory. "
-                           "Hint: use .expand(batch_size, -1, -1), which returns a view; .repeat(), "
-                           "torch.cat and .contiguous() copy.")
-    return _say(True, "one (1, Q, D) parameter, N(0, 0.02²), shared by the batch as a view (no copy).")
+        return _say(False, _tr("the batch is a copy of the queries: it does not share the parameter's memory. "
+                               "Hint: use .expand(batch_size, -1, -1), which returns a view; .repeat(), "
+                               "torch.cat and .contiguous() copy.",
+                               "バッチがクエリのコピーになっていて、パラメータとメモリを共有していません。"
+                               "ヒント：ビューを返す .expand(batch_size, -1, -1) を使いましょう。.repeat()、"
+                               "torch.cat、.contiguous() はコピーを作ります。"))
+    return _say(True, _tr("one (1, Q, D) parameter, N(0, 0.02²), shared by the batch as a view (no copy).",
+                          "N(0, 0.02²) で初期化した (1, Q, D) のパラメータ 1 つを、バッチがビューとして"
+                          "（コピーせずに）共有しています。"))
 
 
 @_keeps_random_state
 def check_equivariance_test(fn: Callable) -> CheckResult:
     """``fn(f, x, perm)`` must return True when ``f(x[:, perm])`` equals ``f(x)[:, perm]``."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     torch.manual_seed(0)
     x = torch.randn(2, 6, 8)
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
@@ -468,23 +646,33 @@ def check_equivariance_test(fn: Callable) -> CheckResult:
     def pooled(t):  # a mean over positions, broadcast back: equivariant
         return t.mean(dim=1, keepdim=True).expand_as(t) + t
 
-    cases = [(mixing, True, "self-attention without positions"), (pooled, True, "a per-token map plus a mean"),
-             (with_positions, False, "self-attention after adding position embeddings")]
+    cases = [(mixing, True, _tr("self-attention without positions", "位置情報のないセルフアテンション")),
+             (pooled, True, _tr("a per-token map plus a mean", "トークンごとの写像に平均を足したもの")),
+             (with_positions, False, _tr("self-attention after adding position embeddings",
+                                         "位置埋め込みを加えた後のセルフアテンション"))]
     for f, expected, label in cases:
         failed, got = _call(name, fn, f, x.clone(), perm.clone())
         if failed is not None:
             return failed
         got = _plain(got)
         if isinstance(got, torch.Tensor):
-            return _say(False, f"{name} returns a tensor of shape {tuple(got.shape)}; it should return one "
-                               f"True or False. Hint: torch.allclose(f(x[:, perm]), f(x)[:, perm]) compares "
-                               f"all entries at once.")
+            return _say(False, _tr(f"{name} returns a tensor of shape {tuple(got.shape)}; it should return one "
+                                   f"True or False. Hint: torch.allclose(f(x[:, perm]), f(x)[:, perm]) compares "
+                                   f"all entries at once.",
+                                   f"{name} は形状 {tuple(got.shape)} のテンソルを返しています。True か False を "
+                                   f"1 つだけ返す必要があります。ヒント：torch.allclose(f(x[:, perm]), f(x)[:, perm]) "
+                                   f"ならすべての要素を一度に比較できます。"))
         if not isinstance(got, bool):
-            return _say(False, f"{name} returns {_short(got)}; it should return True or False.")
+            return _say(False, _tr(f"{name} returns {_short(got)}; it should return True or False.",
+                                   f"{name} は {_short(got)} を返しています。True か False を返す必要があります。"))
         if got != expected:
-            return _say(False, f"for {label} your test says {got!r}; it should say {expected}. "
-                               f"Hint: compare f(x[:, perm]) with f(x)[:, perm] using torch.allclose.")
-    return _say(True, "your test tells order-free maps from maps that use positions.")
+            return _say(False, _tr(f"for {label} your test says {got!r}; it should say {expected}. "
+                                   f"Hint: compare f(x[:, perm]) with f(x)[:, perm] using torch.allclose.",
+                                   f"{label}に対して、あなたのテストは {got!r} と答えていますが、正しくは "
+                                   f"{expected} です。ヒント：f(x[:, perm]) と f(x)[:, perm] を torch.allclose で"
+                                   f"比較しましょう。"))
+    return _say(True, _tr("your test tells order-free maps from maps that use positions.",
+                          "あなたのテストは、順序によらない写像と位置を使う写像を見分けられています。"))
 
 
 # --- chapter 2 -------------------------------------------------------------------------------
@@ -506,12 +694,16 @@ def _attention_output(name: str, got, expected: torch.Tensor, num_keys: int):
         tensors = [t for t in got if isinstance(t, torch.Tensor)]
         if (len(tensors) == 2 and tuple(tensors[1].shape) == tuple(expected.shape)
                 and tuple(tensors[0].shape) != tuple(expected.shape)):
-            return _say(False, f"{name} returns (probabilities, output); return the output first: "
-                               f"(output, probabilities)."), None
+            return _say(False, _tr(f"{name} returns (probabilities, output); return the output first: "
+                                   f"(output, probabilities).",
+                                   f"{name} は (probabilities, output) の順で返しています。出力を先に返しましょう："
+                                   f"(output, probabilities)。")), None
         got = _first(got)
     if isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(expected.shape[:-1]) + (num_keys,):
-        return _say(False, f"{name} returned shape {tuple(got.shape)}, the shape of the probabilities "
-                           f"(B, H, L_q, L_k). Hint: the output is probabilities @ v."), None
+        return _say(False, _tr(f"{name} returned shape {tuple(got.shape)}, the shape of the probabilities "
+                               f"(B, H, L_q, L_k). Hint: the output is probabilities @ v.",
+                               f"{name} が返した形状 {tuple(got.shape)} は、確率 (B, H, L_q, L_k) の形状です。"
+                               f"ヒント：出力は probabilities @ v です。")), None
     return _same_shape(name, got, expected, "(B, H, L_q, d)"), got
 
 
@@ -519,7 +711,7 @@ def _attention_output(name: str, got, expected: torch.Tensor, num_keys: int):
 def check_attention(fn: Callable) -> CheckResult:
     """``fn(q, k, v, mask=None)`` must equal softmax(q kᵀ / √d) v, with a bool mask (True = may attend).
     It may return the output alone or (output, probabilities)."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     q, k, v, mask = _attention_inputs()
     scores = q @ k.transpose(-2, -1)  # (B, H, L_q, L_k), not yet scaled
     expected, _ = attention_from_scratch(q, k, v)
@@ -531,19 +723,27 @@ def check_attention(fn: Callable) -> CheckResult:
         return failed
     if not torch.allclose(got, expected, atol=1e-5):
         wrong = [
-            (torch.softmax(scores, dim=-1) @ v, "the scores are not scaled. Hint: divide q @ kᵀ by √d, "
-                                                "d = q.shape[-1]."),
-            (torch.softmax(scores / 8, dim=-1) @ v, "the scores are divided by d; the scale is √d, "
-                                                    "math.sqrt(q.shape[-1])."),
-            (torch.softmax(scores / math.sqrt(8), dim=-2) @ v, "the softmax runs over the wrong axis. Hint: "
-                                                               "each row (one query) is a distribution over "
-                                                               "the keys: softmax(dim=-1)."),
+            (torch.softmax(scores, dim=-1) @ v, _tr("the scores are not scaled. Hint: divide q @ kᵀ by √d, "
+                                                    "d = q.shape[-1].",
+                                                    "スコアがスケーリングされていません。ヒント：q @ kᵀ を √d "
+                                                    "(d = q.shape[-1]) で割りましょう。")),
+            (torch.softmax(scores / 8, dim=-1) @ v, _tr("the scores are divided by d; the scale is √d, "
+                                                        "math.sqrt(q.shape[-1]).",
+                                                        "スコアを d で割っています。スケールは √d、つまり "
+                                                        "math.sqrt(q.shape[-1]) です。")),
+            (torch.softmax(scores / math.sqrt(8), dim=-2) @ v, _tr("the softmax runs over the wrong axis. Hint: "
+                                                                   "each row (one query) is a distribution over "
+                                                                   "the keys: softmax(dim=-1).",
+                                                                   "softmax をかける軸が違います。ヒント：各行"
+                                                                   "（1 つのクエリ）はキー上の分布なので "
+                                                                   "softmax(dim=-1) です。")),
         ]
         for candidate, message in wrong:
             if torch.allclose(got, candidate, atol=1e-5):
                 return _say(False, message)
-        return _say(False, f"the output differs from softmax(q kᵀ / √d) v by up to "
-                           f"{float((got - expected).abs().max()):.3g}.")
+        gap = float((got - expected).abs().max())
+        return _say(False, _tr(f"the output differs from softmax(q kᵀ / √d) v by up to {gap:.3g}.",
+                               f"出力が softmax(q kᵀ / √d) v と最大 {gap:.3g} ずれています。"))
     failed, got = _call(name, fn, q.clone(), k.clone(), v.clone(), mask.clone())
     if failed is not None:
         return failed
@@ -557,20 +757,31 @@ def check_attention(fn: Callable) -> CheckResult:
         zero_scores = scaled.masked_fill(~mask, 0.0).softmax(-1) @ v
         zeroed_after = scaled.softmax(-1).masked_fill(~mask, 0.0) @ v
         slips = (  # what each usual mistake computes, and its hint
-            (expected, "the mask is ignored. Hint: scores.masked_fill(~mask, float('-inf')) before the softmax."),
-            (inverted, "the mask is inverted: your function hides the keys where mask is True. "
-                       "True means the key MAY be attended to: fill the scores where ~mask."),
-            (zero_scores, "hidden scores are set to 0, which still gets weight e⁰ = 1 in the softmax. "
-                          "Hint: fill them with float('-inf')."),
-            (zeroed_after, "the hidden weights are zeroed after the softmax, so the visible ones no "
-                           "longer sum to 1. Hint: hidden scores get -inf before the softmax."),
+            (expected, _tr("the mask is ignored. Hint: scores.masked_fill(~mask, float('-inf')) before the softmax.",
+                           "マスクが無視されています。ヒント：softmax の前に "
+                           "scores.masked_fill(~mask, float('-inf')) を適用しましょう。")),
+            (inverted, _tr("the mask is inverted: your function hides the keys where mask is True. "
+                           "True means the key MAY be attended to: fill the scores where ~mask.",
+                           "マスクが反転しています：あなたの関数は mask が True のキーを隠しています。True は"
+                           "「そのキーを参照してよい」という意味です。~mask の位置のスコアを埋めましょう。")),
+            (zero_scores, _tr("hidden scores are set to 0, which still gets weight e⁰ = 1 in the softmax. "
+                              "Hint: fill them with float('-inf').",
+                              "隠すスコアを 0 にしていますが、softmax では e⁰ = 1 の重みが残ります。ヒント："
+                              "float('-inf') で埋めましょう。")),
+            (zeroed_after, _tr("the hidden weights are zeroed after the softmax, so the visible ones no "
+                               "longer sum to 1. Hint: hidden scores get -inf before the softmax.",
+                               "softmax の後で隠す重みを 0 にしているので、見える重みの和が 1 になりません。"
+                               "ヒント：softmax の前に、隠すスコアを -inf にしましょう。")),
         )
         for computed, hint in slips:
             if torch.allclose(got, computed, atol=1e-5):
                 return _say(False, hint)
-        return _say(False, "with a mask, the output differs. Hint: hidden keys get -inf before the softmax "
-                           "(not after), so the visible ones still sum to 1.")
-    return _say(True, "scaled dot-product attention, with and without a mask.")
+        return _say(False, _tr("with a mask, the output differs. Hint: hidden keys get -inf before the softmax "
+                               "(not after), so the visible ones still sum to 1.",
+                               "マスクありのときの出力が違います。ヒント：隠すキーは softmax の（後ではなく）前に "
+                               "-inf にします。そうすれば見える重みの和は 1 のままです。"))
+    return _say(True, _tr("scaled dot-product attention, with and without a mask.",
+                          "マスクあり・なしの両方で、スケール付き内積アテンションを計算できています。"))
 
 
 @_keeps_random_state
@@ -588,14 +799,21 @@ def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> C
             return failed
         if not torch.equal(got, expected):
             if torch.equal(got, rearrange(x, "b l (d h) -> b h l d", h=h)):
-                return _say(False, "the heads are interleaved. Hint: head h owns the contiguous slice "
-                                   "x[..., h*d:(h+1)*d], so the pattern is '(h d)', not '(d h)'.")
+                return _say(False, _tr("the heads are interleaved. Hint: head h owns the contiguous slice "
+                                       "x[..., h*d:(h+1)*d], so the pattern is '(h d)', not '(d h)'.",
+                                       "ヘッドが交互に混ざっています。ヒント：ヘッド h は連続したスライス "
+                                       "x[..., h*d:(h+1)*d] を持つので、パターンは '(d h)' ではなく '(h d)' です。"))
             if torch.equal(got, x.reshape(expected.shape)):
-                return _say(False, "a reshape alone to (B, H, L, d) mixes positions and channels. Hint: split "
-                                   "the last axis into (H, d), then move H before L: "
-                                   "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).")
-            return _say(False, "split puts the wrong numbers in the heads. Hint: "
-                               "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).")
+                return _say(False, _tr("a reshape alone to (B, H, L, d) mixes positions and channels. Hint: split "
+                                       "the last axis into (H, d), then move H before L: "
+                                       "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).",
+                                       "(B, H, L, d) への reshape だけでは、位置とチャネルが混ざります。ヒント："
+                                       "最後の軸を (H, d) に分けてから、H を L の前に移しましょう："
+                                       "rearrange(x, 'b l (h d) -> b h l d', h=num_heads)。"))
+            return _say(False, _tr("split puts the wrong numbers in the heads. Hint: "
+                                   "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).",
+                                   "split が各ヘッドに間違った値を入れています。ヒント："
+                                   "rearrange(x, 'b l (h d) -> b h l d', h=num_heads)。"))
         failed, back = _call(getattr(merge, "__name__", "merge"), merge, expected.clone())
         if failed is None:
             failed = _same_shape("merge", back, x, "(B, L, H·d)")
@@ -603,24 +821,32 @@ def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> C
             return failed
         if not torch.equal(back, x):
             if torch.equal(back, expected.reshape(x.shape)):
-                return _say(False, "merge reshapes (B, H, L, d) straight to (B, L, H·d), which mixes heads and "
-                                   "positions. Hint: move H next to d first: "
-                                   "rearrange(x, 'b h l d -> b l (h d)').")
-            return _say(False, "merge(split(x)) is not x. Hint: rearrange(x, 'b h l d -> b l (h d)').")
-    return _say(True, "split and merge are exact inverses, with head h owning channels h·d to (h+1)·d.")
+                return _say(False, _tr("merge reshapes (B, H, L, d) straight to (B, L, H·d), which mixes heads and "
+                                       "positions. Hint: move H next to d first: "
+                                       "rearrange(x, 'b h l d -> b l (h d)').",
+                                       "merge が (B, H, L, d) を直接 (B, L, H·d) に reshape しているため、ヘッドと"
+                                       "位置が混ざります。ヒント：先に H を d の隣に移しましょう："
+                                       "rearrange(x, 'b h l d -> b l (h d)')。"))
+            return _say(False, _tr("merge(split(x)) is not x. Hint: rearrange(x, 'b h l d -> b l (h d)').",
+                                   "merge(split(x)) が x に戻りません。ヒント：rearrange(x, 'b h l d -> b l (h d)')。"))
+    return _say(True, _tr("split and merge are exact inverses, with head h owning channels h·d to (h+1)·d.",
+                          "split と merge は互いに正確な逆変換で、ヘッド h がチャネル h·d から (h+1)·d までを"
+                          "受け持っています。"))
 
 
 # --- chapter 3 -------------------------------------------------------------------------------
 
 _by_hand = _refuse("calls the module itself. Hint: compute it from attn.query, attn.key and attn.value "
-                   "yourself; attn(...) is what your function should reproduce.")
+                   "yourself; attn(...) is what your function should reproduce.",
+                   "はモジュール自体を呼び出しています。ヒント：attn.query、attn.key、attn.value を使って"
+                   "自分で計算しましょう。attn(...) は、あなたの関数が再現すべき結果そのものです。")
 
 
 @_keeps_random_state
 def check_cross_attention(fn: Callable) -> CheckResult:
     """``fn(queries, image, attn)`` must compute ``attn``'s cross-attention by hand: queries
     (B, Q, D) read image tokens (B, N, C) through ``attn.query``, ``attn.key``, ``attn.value``."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     torch.manual_seed(0)
     attn = MultiHeadAttention(hidden_size=32, num_heads=4, context_size=24).eval()
     queries, image = torch.randn(2, 5, 32), torch.randn(2, 9, 24)
@@ -633,8 +859,10 @@ def check_cross_attention(fn: Callable) -> CheckResult:
         return failed
     got = _first(got)
     if isinstance(got, torch.Tensor) and tuple(got.shape) == (2, 4, 5, 8):
-        return _say(False, f"{name} returned shape (2, 4, 5, 8) = (B, H, Q, d): the heads are not merged. "
-                           f"Hint: rearrange(out, 'b h q d -> b q (h d)').")
+        return _say(False, _tr(f"{name} returned shape (2, 4, 5, 8) = (B, H, Q, d): the heads are not merged. "
+                               f"Hint: rearrange(out, 'b h q d -> b q (h d)').",
+                               f"{name} が返した形状は (2, 4, 5, 8) = (B, H, Q, d) で、ヘッドが結合されていません。"
+                               f"ヒント：rearrange(out, 'b h q d -> b q (h d)')。"))
     failed = _same_shape(name, got, expected, "(B, Q, D)")
     if failed is not None:
         return failed
@@ -647,13 +875,19 @@ def check_cross_attention(fn: Callable) -> CheckResult:
             scores = q @ k.transpose(-2, -1)  # (B, H, Q, N), unscaled
             one_head = attn.query(queries) @ attn.key(image).transpose(-2, -1)  # (B, Q, N)
             wrong = [
-                ((scores / math.sqrt(32)).softmax(-1) @ v, "scaled by √D instead of √d. Hint: each head "
-                                                           "scales by its own width, attn.head_dim."),
-                ((scores / math.sqrt(8)).softmax(-2) @ v, "the softmax runs over the queries. Hint: each "
-                                                          "query's weights are a distribution over the "
-                                                          "image tokens: softmax(dim=-1)."),
-                (None, "the heads are missing: one attention over the full width. Hint: split q, k and v "
-                       "into attn.num_heads heads, attend per head, then merge."),
+                ((scores / math.sqrt(32)).softmax(-1) @ v, _tr("scaled by √D instead of √d. Hint: each head "
+                                                               "scales by its own width, attn.head_dim.",
+                                                               "√d ではなく √D でスケーリングしています。ヒント："
+                                                               "各ヘッドは自分の幅 attn.head_dim でスケーリングします。")),
+                ((scores / math.sqrt(8)).softmax(-2) @ v, _tr("the softmax runs over the queries. Hint: each "
+                                                              "query's weights are a distribution over the "
+                                                              "image tokens: softmax(dim=-1).",
+                                                              "softmax をクエリの軸にかけています。ヒント：各クエリの"
+                                                              "重みは画像トークン上の分布なので softmax(dim=-1) です。")),
+                (None, _tr("the heads are missing: one attention over the full width. Hint: split q, k and v "
+                           "into attn.num_heads heads, attend per head, then merge.",
+                           "ヘッドがありません：全幅で 1 つのアテンションになっています。ヒント：q、k、v を "
+                           "attn.num_heads 個のヘッドに分け、ヘッドごとにアテンションを計算してから結合しましょう。")),
             ]
             single = [(one_head / math.sqrt(s)).softmax(-1) @ attn.value(image) for s in (8, 32)]
         for candidate, message in wrong:
@@ -664,11 +898,16 @@ def check_cross_attention(fn: Callable) -> CheckResult:
                 return _say(False, message)
         right = (scores / math.sqrt(8)).softmax(-1) @ v  # (B, H, Q, d)
         if torch.allclose(got, rearrange(right, "b h l d -> b l (d h)"), atol=1e-5):
-            return _say(False, "the heads are merged interleaved. Hint: head h owns channels h·d to (h+1)·d: "
-                               "rearrange(out, 'b h q d -> b q (h d)'), not '(d h)'.")
-        return _say(False, "the output differs from the module's. Hint: q from the queries, k and v "
-                           "from the image; split heads; softmax over the image tokens; merge heads.")
-    return _say(True, "queries read the image: Q rows, N image tokens per head.")
+            return _say(False, _tr("the heads are merged interleaved. Hint: head h owns channels h·d to (h+1)·d: "
+                                   "rearrange(out, 'b h q d -> b q (h d)'), not '(d h)'.",
+                                   "ヘッドが交互に混ざった順で結合されています。ヒント：ヘッド h はチャネル h·d から "
+                                   "(h+1)·d を持ちます：'(d h)' ではなく rearrange(out, 'b h q d -> b q (h d)') です。"))
+        return _say(False, _tr("the output differs from the module's. Hint: q from the queries, k and v "
+                               "from the image; split heads; softmax over the image tokens; merge heads.",
+                               "出力がモジュールの出力と違います。ヒント：q はクエリから、k と v は画像から作り、"
+                               "ヘッドに分け、画像トークン上で softmax をとり、ヘッドを結合します。"))
+    return _say(True, _tr("queries read the image: Q rows, N image tokens per head.",
+                          "クエリが画像を読んでいます：ヘッドごとに Q 行、N 個の画像トークンです。"))
 
 
 
@@ -691,7 +930,7 @@ def check_query_side_attention(fn: Callable) -> CheckResult:
     """``fn(queries, image, attn)`` must compute ``attn``'s cross-attention from the query side:
     queries (B, Q, D), image tokens (B, N, C), the scores as (q W_k) xᵀ, W_v and its bias after
     the weighted sum, and no projection of the image tokens. Compared with the plain form."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     for hidden, heads, width, q_len, n in ((32, 4, 24, 5, 9), (24, 2, 40, 3, 6)):
         torch.manual_seed(hidden)
         attn = MultiHeadAttention(hidden, heads, context_size=width).eval()
@@ -699,89 +938,128 @@ def check_query_side_attention(fn: Callable) -> CheckResult:
         with torch.no_grad(), cross_attention_form("plain"):
             expected, _, _ = attn(queries, image)
             attn.forward = _refuse("calls the module itself. Hint: write the form from attn.query, "
-                                   "attn.key.weight, attn.value.weight and attn.value.bias.")
+                                   "attn.key.weight, attn.value.weight and attn.value.bias.",
+                                   "はモジュール自体を呼び出しています。ヒント：attn.query、attn.key.weight、"
+                                   "attn.value.weight、attn.value.bias からこの形式を書きましょう。")
             attn.key.forward = attn.value.forward = _refuse(
                 "projects the image tokens with attn.key or attn.value, as the plain form does. Hint: "
                 "from the query side the image tokens meet only the weights: fold attn.key.weight into "
-                "the queries, and apply attn.value.weight after the weighted sum.")
+                "the queries, and apply attn.value.weight after the weighted sum.",
+                "は plain 形式と同じように、画像トークンを attn.key や attn.value で射影しています。ヒント："
+                "クエリ側の形式では、画像トークンは重みとしか出会いません：attn.key.weight をクエリに畳み込み、"
+                "attn.value.weight は重み付き和の後に適用しましょう。")
             failed, got = _call(name, fn, queries.clone(), image.clone(), attn)
         del attn.forward, attn.key.forward, attn.value.forward
         if failed is not None:
             return failed
         got = _first(got)
         per_head = {
-            (2, heads, q_len, hidden // heads): "the heads are not merged. Hint: "
-                                                "rearrange(out, 'b h q d -> b q (h d)').",
-            (2, heads, q_len, width): "the weighted sum of the image tokens is still C wide: W_v comes "
-                                      "after it. Hint: multiply each head's sum by its slice of "
-                                      "attn.value.weight, transposed to (C, d).",
-            (2, heads, q_len, hidden): "each head applied all of attn.value.weight. Hint: head h takes "
-                                       "only its own d rows of it, h·d to (h+1)·d.",
+            (2, heads, q_len, hidden // heads): _tr("the heads are not merged. Hint: "
+                                                    "rearrange(out, 'b h q d -> b q (h d)').",
+                                                    "ヘッドが結合されていません。ヒント："
+                                                    "rearrange(out, 'b h q d -> b q (h d)')。"),
+            (2, heads, q_len, width): _tr("the weighted sum of the image tokens is still C wide: W_v comes "
+                                          "after it. Hint: multiply each head's sum by its slice of "
+                                          "attn.value.weight, transposed to (C, d).",
+                                          "画像トークンの重み付き和の幅がまだ C のままです：W_v はその後に来ます。"
+                                          "ヒント：各ヘッドの和に、attn.value.weight のそのヘッドの部分を (C, d) に"
+                                          "転置して掛けましょう。"),
+            (2, heads, q_len, hidden): _tr("each head applied all of attn.value.weight. Hint: head h takes "
+                                           "only its own d rows of it, h·d to (h+1)·d.",
+                                           "各ヘッドが attn.value.weight の全体を適用しています。ヒント：ヘッド h "
+                                           "が使うのは自分の d 行、h·d 行目から (h+1)·d 行目だけです。"),
         }
         if isinstance(got, torch.Tensor) and tuple(got.shape) in per_head:
-            return _say(False, f"{name} returned shape {tuple(got.shape)}: {per_head[tuple(got.shape)]}")
+            return _say(False, _tr(f"{name} returned shape {tuple(got.shape)}: {per_head[tuple(got.shape)]}",
+                                   f"{name} が返した形状は {tuple(got.shape)} です：{per_head[tuple(got.shape)]}"))
         failed = _same_shape(name, got, expected, "(B, Q, D)")
         if failed is not None:
             return failed
         if torch.allclose(got, expected, atol=1e-5):
             continue
         slips = [
-            (dict(scale=1.0), "the scores are not scaled. Hint: divide them by √d, d = attn.head_dim, as "
-                              "in the plain form: folding W_k into the queries changes no score."),
-            (dict(scale=math.sqrt(hidden)), "scaled by √D instead of √d. Hint: each head scales by its "
-                                            "own width, attn.head_dim."),
-            (dict(value_bias=False), "the value bias is missing. Hint: in the plain form every value "
-                                     "carries attn.value.bias, and each row of weights sums to 1, so "
-                                     "it comes out unchanged: add it at the end."),
-            (dict(dim=-2), "the softmax runs over the queries. Hint: each query's weights are a "
-                           "distribution over the image tokens: softmax(dim=-1)."),
-            (dict(heads="(d h) c -> h d c"), "the heads' slices of the weights are interleaved. Hint: "
-                                             "head h owns rows h·d to (h+1)·d of attn.key.weight and "
-                                             "attn.value.weight: '(h d) c -> h d c'."),
+            (dict(scale=1.0), _tr("the scores are not scaled. Hint: divide them by √d, d = attn.head_dim, as "
+                                  "in the plain form: folding W_k into the queries changes no score.",
+                                  "スコアがスケーリングされていません。ヒント：plain 形式と同じく √d "
+                                  "(d = attn.head_dim) で割りましょう。W_k をクエリに畳み込んでもスコアは"
+                                  "変わりません。")),
+            (dict(scale=math.sqrt(hidden)), _tr("scaled by √D instead of √d. Hint: each head scales by its "
+                                                "own width, attn.head_dim.",
+                                                "√d ではなく √D でスケーリングしています。ヒント：各ヘッドは"
+                                                "自分の幅 attn.head_dim でスケーリングします。")),
+            (dict(value_bias=False), _tr("the value bias is missing. Hint: in the plain form every value "
+                                         "carries attn.value.bias, and each row of weights sums to 1, so "
+                                         "it comes out unchanged: add it at the end.",
+                                         "value のバイアスがありません。ヒント：plain 形式ではどの value も "
+                                         "attn.value.bias を含み、重みの各行の和は 1 なので、バイアスはそのまま"
+                                         "出力に残ります：最後に足しましょう。")),
+            (dict(dim=-2), _tr("the softmax runs over the queries. Hint: each query's weights are a "
+                               "distribution over the image tokens: softmax(dim=-1).",
+                               "softmax をクエリの軸にかけています。ヒント：各クエリの重みは画像トークン上の"
+                               "分布なので softmax(dim=-1) です。")),
+            (dict(heads="(d h) c -> h d c"), _tr("the heads' slices of the weights are interleaved. Hint: "
+                                                 "head h owns rows h·d to (h+1)·d of attn.key.weight and "
+                                                 "attn.value.weight: '(h d) c -> h d c'.",
+                                                 "重みのヘッドごとの切り出しが交互に混ざっています。ヒント："
+                                                 "ヘッド h は attn.key.weight と attn.value.weight の h·d 行目"
+                                                 "から (h+1)·d 行目を持ちます：'(h d) c -> h d c'。")),
         ]
         with torch.no_grad():
             for flags, message in slips:
                 if torch.allclose(got, _query_side(attn, queries, image, **flags), atol=1e-5):
                     return _say(False, message)
-        return _say(False, f"the output differs from the plain form's by up to "
-                           f"{float((got - expected).abs().max()):.3g}. Hint: per head, the scores "
-                           f"(q W_k) xᵀ / √d, a softmax over the image tokens, then (P x) W_vᵀ; merge the "
-                           f"heads and add attn.value.bias.")
-    return _say(True, "the plain form's numbers, and the image tokens met no projection of their own.")
+        gap = float((got - expected).abs().max())
+        return _say(False, _tr(f"the output differs from the plain form's by up to "
+                               f"{gap:.3g}. Hint: per head, the scores "
+                               f"(q W_k) xᵀ / √d, a softmax over the image tokens, then (P x) W_vᵀ; merge the "
+                               f"heads and add attn.value.bias.",
+                               f"出力が plain 形式と最大 {gap:.3g} ずれています。ヒント：ヘッドごとに、スコア "
+                               f"(q W_k) xᵀ / √d、画像トークン上の softmax、そして (P x) W_vᵀ を計算し、ヘッドを"
+                               f"結合して attn.value.bias を足します。"))
+    return _say(True, _tr("the plain form's numbers, and the image tokens met no projection of their own.",
+                          "plain 形式と同じ値が得られ、しかも画像トークン自体は一度も射影されていません。"))
 
 # --- chapter 4 -------------------------------------------------------------------------------
 
 @_keeps_random_state
 def check_cross_layers(fn: Callable) -> CheckResult:
     """``fn(num_layers, frequency)`` must list the layers that hold cross-attention."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     for layers, freq in ((12, 2), (6, 1), (4, 3), (5, 2)):
         expected = [i for i in range(layers) if i % freq == 0]
         failed, got = _call(name, fn, layers, freq)
         if failed is not None:
             return failed
         if got is None:
-            return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
+            return _returned_none(name)
         try:
             got = [_plain(i) for i in got]
         except TypeError:
-            return _say(False, f"{name}({layers}, {freq}) returned the {type(got).__name__} {_short(got)}; expected "
-                               f"a list of layer indices such as {expected}.")
+            return _say(False, _tr(f"{name}({layers}, {freq}) returned the {type(got).__name__} {_short(got)}; "
+                                   f"expected a list of layer indices such as {expected}.",
+                                   f"{name}({layers}, {freq}) は {type(got).__name__} の {_short(got)} を返しました。"
+                                   f"{expected} のような層番号のリストが必要です。"))
         if got != expected:
             if len(got) == layers and all(isinstance(i, bool) for i in got):
-                hint = "return the indices of the layers that hold it, not one True/False per layer"
+                hint = _tr("return the indices of the layers that hold it, not one True/False per layer",
+                           "層ごとの True/False ではなく、クロスアテンションを持つ層の番号を返しましょう")
             elif got == [i for i in range(layers) if (i + 1) % freq == 0]:
-                hint = "BLIP-2 starts counting at layer 0: layer_index % frequency == 0"
+                hint = _tr("BLIP-2 starts counting at layer 0: layer_index % frequency == 0",
+                           "BLIP-2 は層 0 から数えます：layer_index % frequency == 0")
             else:
-                hint = "a layer i holds cross-attention when i % frequency == 0"
-            return _say(False, f"{name}({layers}, {freq}) = {got}; expected {expected}. Hint: {hint}.")
-    return _say(True, "cross-attention in layers 0, f, 2f, ...: six of BLIP-2's twelve.")
+                hint = _tr("a layer i holds cross-attention when i % frequency == 0",
+                           "層 i がクロスアテンションを持つのは i % frequency == 0 のときです")
+            return _say(False, _tr(f"{name}({layers}, {freq}) = {got}; expected {expected}. Hint: {hint}.",
+                                   f"{name}({layers}, {freq}) = {got} ですが、正しくは {expected} です。"
+                                   f"ヒント：{hint}。"))
+    return _say(True, _tr("cross-attention in layers 0, f, 2f, ...: six of BLIP-2's twelve.",
+                          "クロスアテンションは層 0、f、2f、... にあります：BLIP-2 では 12 層のうち 6 層です。"))
 
 
 @_keeps_random_state
 def check_add_norm(fn: Callable) -> CheckResult:
     """``fn(x, residual, dense, layer_norm)`` must be BERT's post-LN step (dropout left out)."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     torch.manual_seed(0)
     dense, norm = nn.Linear(16, 8), nn.LayerNorm(8)
     nn.init.normal_(norm.weight, 1.0, 0.3)
@@ -797,16 +1075,24 @@ def check_add_norm(fn: Callable) -> CheckResult:
         if not torch.allclose(got, expected, atol=1e-5):
             _, again = _call(name, fn, x.clone(), residual.clone(), dense, norm)
             if isinstance(again, torch.Tensor) and not torch.equal(again, got):
-                return _say(False, "two calls with the same inputs gave different results: dropout is on. "
-                                   "Hint: the exercise leaves dropout out: LayerNorm(dense(x) + residual).")
+                return _say(False, _tr("two calls with the same inputs gave different results: dropout is on. "
+                                       "Hint: the exercise leaves dropout out: LayerNorm(dense(x) + residual).",
+                                       "同じ入力で 2 回呼ぶと結果が変わります：ドロップアウトが有効です。ヒント："
+                                       "この演習ではドロップアウトを省きます：LayerNorm(dense(x) + residual)。"))
             if torch.allclose(got, norm(dense(x)), atol=1e-5):
-                return _say(False, "the residual is missing. Hint: add it before the LayerNorm.")
+                return _say(False, _tr("the residual is missing. Hint: add it before the LayerNorm.",
+                                       "残差がありません。ヒント：LayerNorm の前に足しましょう。"))
             if torch.allclose(got, residual + norm(dense(x)), atol=1e-5):
-                return _say(False, "the LayerNorm comes before the sum, as in pre-LN transformers such as "
-                                   "GPT-2. BERT and the Q-Former normalise after it: "
-                                   "LayerNorm(dense(x) + residual).")
-            return _say(False, "the result differs from LayerNorm(dense(x) + residual).")
-    return _say(True, "post-LN: LayerNorm(dense(x) + residual), as in BERT.")
+                return _say(False, _tr("the LayerNorm comes before the sum, as in pre-LN transformers such as "
+                                       "GPT-2. BERT and the Q-Former normalise after it: "
+                                       "LayerNorm(dense(x) + residual).",
+                                       "GPT-2 のような pre-LN の Transformer と同じく、LayerNorm が和の前に来て"
+                                       "います。BERT と Q-Former は和の後で正規化します："
+                                       "LayerNorm(dense(x) + residual)。"))
+            return _say(False, _tr("the result differs from LayerNorm(dense(x) + residual).",
+                                   "結果が LayerNorm(dense(x) + residual) と違います。"))
+    return _say(True, _tr("post-LN: LayerNorm(dense(x) + residual), as in BERT.",
+                          "BERT と同じ post-LN です：LayerNorm(dense(x) + residual)。"))
 
 
 def _count(module: nn.Module) -> int:
@@ -840,20 +1126,33 @@ def query_path_formula(cfg: QFormerConfig, *, biases=True, norms=True, embedding
     return total
 
 
-_QUERY_PATH_MISTAKES = [
-    (dict(query_tokens=True), "leave the query tokens out: they are counted separately."),
-    (dict(text_ffn=True), "the text FFN is not on the query path: the queries go through the query FFN only."),
-    (dict(text_embeddings=True), "the word and position embeddings belong to the text, not to the query path."),
-    (dict(cross_every_layer=True), "only the layers with i % cross_attention_frequency == 0 hold "
-                                   "cross-attention, not every layer."),
-    (dict(cross_one_based=True), "cross-attention sits in layers 0, f, 2f, ...: i % frequency == 0, "
-                                 "counting from 0."),
-    (dict(image_width="hidden"), "cross-attention keys and values read the image: Linear(encoder_hidden_size, "
-                                 "hidden_size), not Linear(hidden_size, hidden_size)."),
-    (dict(biases=False), "every Linear has a bias too: n_in * n_out + n_out."),
-    (dict(norms=False), "every block ends in a LayerNorm with a weight and a bias (2·D each), and the "
-                        "embeddings have one too."),
-    (dict(embedding_norm=False), "add the embedding LayerNorm (2·D) that the queries pass through first."),
+_QUERY_PATH_MISTAKES = [  # (what the mistake counts, (its hint in English, in Japanese))
+    (dict(query_tokens=True), ("leave the query tokens out: they are counted separately.",
+                               "クエリトークンは含めないでください：別に数えます。")),
+    (dict(text_ffn=True), ("the text FFN is not on the query path: the queries go through the query FFN only.",
+                           "テキスト用の FFN はクエリの経路にありません：クエリが通るのはクエリ用の FFN だけです。")),
+    (dict(text_embeddings=True), ("the word and position embeddings belong to the text, not to the query path.",
+                                  "単語埋め込みと位置埋め込みはテキストのもので、クエリの経路には含まれません。")),
+    (dict(cross_every_layer=True), ("only the layers with i % cross_attention_frequency == 0 hold "
+                                    "cross-attention, not every layer.",
+                                    "クロスアテンションを持つのはすべての層ではなく、"
+                                    "i % cross_attention_frequency == 0 の層だけです。")),
+    (dict(cross_one_based=True), ("cross-attention sits in layers 0, f, 2f, ...: i % frequency == 0, "
+                                  "counting from 0.",
+                                  "クロスアテンションは層 0、f、2f、... にあります：0 から数えて "
+                                  "i % frequency == 0 です。")),
+    (dict(image_width="hidden"), ("cross-attention keys and values read the image: Linear(encoder_hidden_size, "
+                                  "hidden_size), not Linear(hidden_size, hidden_size).",
+                                  "クロスアテンションの key と value は画像を読みます：Linear(hidden_size, "
+                                  "hidden_size) ではなく Linear(encoder_hidden_size, hidden_size) です。")),
+    (dict(biases=False), ("every Linear has a bias too: n_in * n_out + n_out.",
+                          "どの Linear にもバイアスがあります：n_in * n_out + n_out。")),
+    (dict(norms=False), ("every block ends in a LayerNorm with a weight and a bias (2·D each), and the "
+                         "embeddings have one too.",
+                         "どのブロックも、重みとバイアスを持つ LayerNorm（1 つあたり 2·D）で終わります。"
+                         "埋め込みにも 1 つあります。")),
+    (dict(embedding_norm=False), ("add the embedding LayerNorm (2·D) that the queries pass through first.",
+                                  "クエリが最初に通る、埋め込みの LayerNorm（2·D）を足しましょう。")),
 ]
 
 
@@ -863,7 +1162,7 @@ def check_query_path_params(fn: Callable) -> CheckResult:
     self-attention, the query FFN and (where present) cross-attention. No text parts, no queries."""
     from ..qformer import QFormer
 
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     configs = [QFormerConfig.blip2(), QFormerConfig.tiny(), QFormerConfig.tiny(cross_attention_frequency=3),
                QFormerConfig.tiny(num_hidden_layers=5, encoder_hidden_size=40)]
     right_for_blip2 = False
@@ -876,15 +1175,18 @@ def check_query_path_params(fn: Callable) -> CheckResult:
             return failed
         got = _plain(got)
         if got is None:
-            return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
+            return _returned_none(name)
         if isinstance(got, bool) or not isinstance(got, numbers.Real):
-            return _say(False, f"{name} returned the {type(got).__name__} {_short(got)}; expected a number.")
+            return _say(False, _tr(f"{name} returned the {type(got).__name__} {_short(got)}; expected a number.",
+                                   f"{name} は {type(got).__name__} の {_short(got)} を返しました。数値が必要です。"))
         if got == expected:
             right_for_blip2 = right_for_blip2 or cfg == configs[0]
             continue
-        label = "BLIP-2's config" if cfg == configs[0] else (
+        label = _tr("BLIP-2's config", "BLIP-2 の設定") if cfg == configs[0] else _tr(
             f"a config with {cfg.num_hidden_layers} layers, frequency {cfg.cross_attention_frequency}, "
-            f"hidden {cfg.hidden_size}, image width {cfg.encoder_hidden_size}")
+            f"hidden {cfg.hidden_size}, image width {cfg.encoder_hidden_size}",
+            f"層数 {cfg.num_hidden_layers}、frequency {cfg.cross_attention_frequency}、hidden "
+            f"{cfg.hidden_size}、画像の幅 {cfg.encoder_hidden_size} の設定")
         hint = None
         for flags, message in _QUERY_PATH_MISTAKES:
             if flags.get("image_width") == "hidden":
@@ -892,64 +1194,91 @@ def check_query_path_params(fn: Callable) -> CheckResult:
                 if cfg.hidden_size == cfg.encoder_hidden_size:
                     continue
             if got == query_path_formula(cfg, **flags):
-                hint = message
+                hint = _tr(*message)
                 break
         if hint is None and right_for_blip2:
-            hint = ("your count is right for BLIP-2 but not here: read every size from cfg (hidden_size, "
-                    "intermediate_size, encoder_hidden_size, num_hidden_layers, cross_attention_frequency) "
-                    "instead of writing BLIP-2's numbers.")
+            hint = _tr("your count is right for BLIP-2 but not here: read every size from cfg (hidden_size, "
+                       "intermediate_size, encoder_hidden_size, num_hidden_layers, cross_attention_frequency) "
+                       "instead of writing BLIP-2's numbers.",
+                       "BLIP-2 では正しい数ですが、この設定では違います：BLIP-2 の数値を直接書かずに、すべての"
+                       "サイズを cfg から読みましょう（hidden_size、intermediate_size、encoder_hidden_size、"
+                       "num_hidden_layers、cross_attention_frequency）。")
         if hint is None:
-            hint = ("remember the biases and the LayerNorms (a weight and a bias each), and that "
-                    "cross-attention keys and values take encoder_hidden_size inputs.")
+            hint = _tr("remember the biases and the LayerNorms (a weight and a bias each), and that "
+                       "cross-attention keys and values take encoder_hidden_size inputs.",
+                       "バイアスと LayerNorm（それぞれ重みとバイアスを持ちます）を忘れずに。また、クロスアテンション"
+                       "の key と value の入力は encoder_hidden_size 次元です。")
         shown = f"{got:,}" if float(got).is_integer() else f"{got:,.1f}"
-        return _say(False, f"for {label} you count {shown}; expected {expected:,}. Hint: {hint}")
-    return _say(True, "your formula gives 105,137,664 for BLIP-2 and matches smaller configs too.")
+        return _say(False, _tr(f"for {label} you count {shown}; expected {expected:,}. Hint: {hint}",
+                               f"{label}では {shown} と数えていますが、正しくは {expected:,} です。ヒント：{hint}"))
+    return _say(True, _tr("your formula gives 105,137,664 for BLIP-2 and matches smaller configs too.",
+                          "あなたの式は BLIP-2 で 105,137,664 を与え、より小さな設定でも一致します。"))
 
 
 # --- chapter 5 -------------------------------------------------------------------------------
 
-def _block(i: int, j: int, q: int) -> str:
-    return f"{'query' if i < q else 'text'} → {'query' if j < q else 'text'}"
+def _side(i: int, q: int) -> str:
+    return _tr("query", "クエリ") if i < q else _tr("text", "テキスト")
 
 
-def _mask_hint(mode: str, q: int, text_mask: torch.Tensor, b: int, i: int, j: int) -> tuple[str, str]:
-    """What is wrong at cell (b, i, j) of a [queries; text] mask: (where, hint)."""
+def _mask_hint(mode: str, q: int, text_mask: torch.Tensor, b: int, i: int, j: int) -> tuple[str, str, str]:
+    """What is wrong at cell (b, i, j) of a [queries; text] mask: (the row, what it should see, hint)."""
     padded_column = j >= q and not bool(text_mask[b, j - q])
     padded_row = i >= q and not bool(text_mask[b, i - q])
     expected = bool(build_attention_mask(mode, q, text_mask)[b, i, j])
-    where = (f"row {i} ({'query' if i < q else 'text'}) {'should' if expected else 'should not'} see "
-             f"column {j} ({_block(i, j, q)} block{', a padded column' if padded_column else ''})")
+    block = f"{_side(i, q)} → {_side(j, q)}"
+    row = _tr(f"row {i} ({_side(i, q)})", f"行 {i}（{_side(i, q)}）")
+    see = _tr(f"{'should' if expected else 'should not'} see "
+              f"column {j} ({block} block{', a padded column' if padded_column else ''})",
+              f"列 {j}（{block} ブロック{'、パディングされた列' if padded_column else ''}）"
+              f"{'が見えるべきです' if expected else 'が見えてはいけません'}")
     if padded_column:
-        hint = "padded text columns are hidden from every row, in every mode."
+        hint = _tr("padded text columns are hidden from every row, in every mode.",
+                   "パディングされたテキストの列は、どのモードでもすべての行から隠されます。")
     elif padded_row:
-        hint = ("a padded row keeps its mode's pattern (its output is computed and never used); only the "
-                "padded columns are closed. A row that sees nothing would give NaN.")
+        hint = _tr("a padded row keeps its mode's pattern (its output is computed and never used); only the "
+                   "padded columns are closed. A row that sees nothing would give NaN.",
+                   "パディングされた行もそのモードのパターンのままです（出力は計算されますが使われません）。"
+                   "閉じるのはパディングされた列だけです。何も見えない行があると NaN になります。")
     elif mode == "itc":
-        hint = "ITC is unimodal: queries see only queries, text sees only text."
+        hint = _tr("ITC is unimodal: queries see only queries, text sees only text.",
+                   "ITC はユニモーダルです：クエリはクエリだけを、テキストはテキストだけを見ます。")
     elif mode == "itm":
-        hint = "ITM is bi-directional: everyone sees every real token."
+        hint = _tr("ITM is bi-directional: everyone sees every real token.",
+                   "ITM は双方向です：どの位置も、パディングでないすべてのトークンを見ます。")
     elif i < q and j < q:
-        hint = "in ITG the queries see all the queries, both ways: only the text is causal."
+        hint = _tr("in ITG the queries see all the queries, both ways: only the text is causal.",
+                   "ITG ではクエリはすべてのクエリを双方向に見ます：因果的なのはテキストだけです。")
     elif i < q:
-        hint = "in ITG the queries see only the queries (they must not peek at the caption)."
+        hint = _tr("in ITG the queries see only the queries (they must not peek at the caption).",
+                   "ITG ではクエリはクエリだけを見ます（キャプションを覗き見してはいけません）。")
     elif j < q:
-        hint = "in ITG every text token sees all the queries."
+        hint = _tr("in ITG every text token sees all the queries.",
+                   "ITG ではどのテキストトークンもすべてのクエリを見ます。")
     else:
-        hint = "in ITG text token i sees text tokens 0..i (itself and earlier), never later ones."
-    return where, hint
+        hint = _tr("in ITG text token i sees text tokens 0..i (itself and earlier), never later ones.",
+                   "ITG ではテキストトークン i はテキストトークン 0..i（自分自身とそれより前）を見て、"
+                   "後ろのトークンは決して見ません。")
+    return row, see, hint
 
 
 def _bool_mask(name: str, got, expected: torch.Tensor, what: str, label: str):
     """A failure unless ``got`` is a bool tensor of ``expected``'s shape."""
     if got is None:
-        return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
+        return _returned_none(name)
     if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(expected.shape):
-        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else f"a {type(got).__name__}"
-        return _say(False, f"{label} the mask has shape {shape}; expected {tuple(expected.shape)} = {what}.")
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else _tr(
+            f"a {type(got).__name__}", f"{type(got).__name__}（テンソルではありません）")
+        return _say(False, _tr(f"{label} the mask has shape {shape}; expected {tuple(expected.shape)} = {what}.",
+                               f"{label}マスクの形状が {shape} です。期待される形状は {tuple(expected.shape)} = "
+                               f"{what} です。"))
     if got.dtype != torch.bool:
-        return _say(False, f"{label} the mask has dtype {got.dtype}; expected torch.bool (True = may attend). "
-                           f"Hint: build it from torch.bool blocks or comparisons (LAVIS's additive 0 / -10000 "
-                           f"form is another mask, not this one).")
+        return _say(False, _tr(f"{label} the mask has dtype {got.dtype}; expected torch.bool (True = may attend). "
+                               f"Hint: build it from torch.bool blocks or comparisons (LAVIS's additive 0 / -10000 "
+                               f"form is another mask, not this one).",
+                               f"{label}マスクの dtype が {got.dtype} です。torch.bool（True = 参照してよい）が"
+                               f"必要です。ヒント：torch.bool のブロックや比較演算から作りましょう（LAVIS の "
+                               f"0 / -10000 を足す形式は別のマスクで、これではありません）。"))
     return None
 
 
@@ -957,7 +1286,7 @@ def _bool_mask(name: str, got, expected: torch.Tensor, what: str, label: str):
 def check_mask(fn: Callable) -> CheckResult:
     """``fn(mode, num_queries, text_mask)`` must return the bool (B, Q+T, Q+T) mask of the mode
     (True = may attend), with padded text columns closed."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     text_masks = [torch.ones(1, 4, dtype=torch.long), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])]
     for mode in MODES:
         for q in (3, 1):
@@ -966,7 +1295,8 @@ def check_mask(fn: Callable) -> CheckResult:
                 failed, got = _call(name, fn, mode, q, text_mask.clone())
                 if failed is not None:
                     return failed
-                label = f"for mode {mode!r}, Q={q}, text mask of shape {tuple(text_mask.shape)}"
+                label = _tr(f"for mode {mode!r}, Q={q}, text mask of shape {tuple(text_mask.shape)}",
+                            f"モード {mode!r}、Q={q}、テキストマスクの形状 {tuple(text_mask.shape)} のとき、")
                 failed = _bool_mask(name, got, expected, "(B, Q+T, Q+T)", label)
                 if failed is not None:
                     return failed
@@ -975,32 +1305,39 @@ def check_mask(fn: Callable) -> CheckResult:
                 real = torch.cat([torch.ones(text_mask.shape[0], q, dtype=torch.bool), text_mask.bool()], 1)
                 pattern = build_attention_mask(mode, q, torch.ones_like(text_mask))
                 if torch.equal(got, ~expected) or torch.equal(got, ~pattern & real[:, None, :]):
-                    return _say(False, f"mode {mode!r}: the mask is inverted. True means 'may attend': the "
-                                       f"cells a row may see are True, the hidden ones False.")
+                    return _say(False, _tr(f"mode {mode!r}: the mask is inverted. True means 'may attend': the "
+                                           f"cells a row may see are True, the hidden ones False.",
+                                           f"モード {mode!r}：マスクが反転しています。True は「参照してよい」という"
+                                           f"意味です：行から見えるセルが True、隠すセルが False です。"))
                 b, i, j = (int(t) for t in (got != expected).nonzero()[0])
-                where, hint = _mask_hint(mode, q, text_mask, b, i, j)
-                return _say(False, f"mode {mode!r}, Q={q}: {where}. Hint: {hint}")
-    return _say(True, "ITC, ITM and ITG masks, with padding, equal qformer_lite.build_attention_mask.")
+                row, see, hint = _mask_hint(mode, q, text_mask, b, i, j)
+                return _say(False, _tr(f"mode {mode!r}, Q={q}: {row} {see}. Hint: {hint}",
+                                       f"モード {mode!r}、Q={q}：{row}からは{see}。ヒント：{hint}"))
+    return _say(True, _tr("ITC, ITM and ITG masks, with padding, equal qformer_lite.build_attention_mask.",
+                          "パディングを含む ITC、ITM、ITG のマスクが qformer_lite.build_attention_mask と一致します。"))
 
 
 @_keeps_random_state
 def check_cached_itg_mask(fn: Callable) -> CheckResult:
     """``fn(num_queries, text_mask)`` must return the bool (B, T, Q+T) mask of LAVIS's cached ITG
     pass: only the text rows, with the cached queries as the first Q columns."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     for q, text_mask in ((3, torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])), (2, torch.ones(1, 5, dtype=torch.long))):
         expected = build_attention_mask("itg", q, text_mask)[:, q:]
         failed, got = _call(name, fn, q, text_mask.clone())
         if failed is not None:
             return failed
-        failed = _bool_mask(name, got, expected, "(B, T, Q+T): text rows only", f"for Q={q},")
+        failed = _bool_mask(name, got, expected, _tr("(B, T, Q+T): text rows only", "(B, T, Q+T)（テキストの行だけ）"),
+                            _tr(f"for Q={q},", f"Q={q} のとき、"))
         if failed is not None:
             return failed
         if not torch.equal(got, expected):
             b, i, j = (int(t) for t in (got != expected).nonzero()[0])
-            where, hint = _mask_hint("itg", q, text_mask, b, i + q, j)
-            return _say(False, f"text row {i}: {where.split(') ', 1)[1]}. Hint: {hint}")
-    return _say(True, "T rows × (Q + T) columns: the text reads the cached queries and earlier text.")
+            _, see, hint = _mask_hint("itg", q, text_mask, b, i + q, j)
+            return _say(False, _tr(f"text row {i}: {see}. Hint: {hint}",
+                                   f"テキスト行 {i} からは{see}。ヒント：{hint}"))
+    return _say(True, _tr("T rows × (Q + T) columns: the text reads the cached queries and earlier text.",
+                          "T 行 × (Q + T) 列：テキストはキャッシュされたクエリと、それより前のテキストを読みます。"))
 
 
 # --- chapter 6 -------------------------------------------------------------------------------
@@ -1020,7 +1357,8 @@ def check_itc_loss(fn: Callable) -> CheckResult:
         if failed is not None:
             return failed
         if not isinstance(got, torch.Tensor) or got.numel() != 1:
-            return _say(False, f"itc_loss returned {type(got).__name__}; expected a scalar tensor.")
+            return _say(False, _tr(f"itc_loss returned {type(got).__name__}; expected a scalar tensor.",
+                                   f"itc_loss が {type(got).__name__} を返しました。スカラーのテンソルが必要です。"))
         expected = losses.itc_loss(sim, temp, 0.1)
         if abs(float(got) - float(expected)) <= 1e-5:
             continue
@@ -1033,16 +1371,25 @@ def check_itc_loss(fn: Callable) -> CheckResult:
             "times_temp": losses.itc_loss(sim * temp * temp, temp, 0.1),
         }
         hints = {
-            "one_way": "that is image->text only; average it with text->image (the transpose).",
-            "summed": "that is the sum of the two directions; ITC is their mean: divide by 2.",
-            "no_smoothing": "add label_smoothing=0.1 to both cross-entropies.",
-            "no_temp": "divide the similarities by temp before the cross-entropies.",
-            "times_temp": "divide the similarities by temp; do not multiply by it.",
+            "one_way": _tr("that is image->text only; average it with text->image (the transpose).",
+                           "それは画像 → テキストの方向だけです。テキスト → 画像（転置）の方向と平均をとりましょう。"),
+            "summed": _tr("that is the sum of the two directions; ITC is their mean: divide by 2.",
+                          "それは 2 方向の和です。ITC はその平均なので、2 で割りましょう。"),
+            "no_smoothing": _tr("add label_smoothing=0.1 to both cross-entropies.",
+                                "両方の交差エントロピーに label_smoothing=0.1 を加えましょう。"),
+            "no_temp": _tr("divide the similarities by temp before the cross-entropies.",
+                           "交差エントロピーの前に、類似度を temp で割りましょう。"),
+            "times_temp": _tr("divide the similarities by temp; do not multiply by it.",
+                              "類似度は temp で割ります。掛けてはいけません。"),
         }
         slip = next((k for k, v in near.items() if abs(float(got) - float(v)) < 1e-5), None)
-        hint = hints[slip] if slip else "logits = sim_i2t / temp; the targets are the diagonal, arange(B)."
-        return _say(False, f"itc_loss gave {float(got):.4f}, expected {float(expected):.4f}. Hint: {hint}")
-    return _say(True, "the symmetric ITC loss, with temperature and label smoothing, as in LAVIS.")
+        hint = hints[slip] if slip else _tr("logits = sim_i2t / temp; the targets are the diagonal, arange(B).",
+                                            "logits = sim_i2t / temp で、正解は対角成分 arange(B) です。")
+        return _say(False, _tr(f"itc_loss gave {float(got):.4f}, expected {float(expected):.4f}. Hint: {hint}",
+                               f"itc_loss が {float(got):.4f} を返しましたが、正しくは {float(expected):.4f} です。"
+                               f"ヒント：{hint}"))
+    return _say(True, _tr("the symmetric ITC loss, with temperature and label smoothing, as in LAVIS.",
+                          "LAVIS と同じ、温度とラベル平滑化つきの対称な ITC 損失です。"))
 
 
 @_keeps_random_state
@@ -1061,11 +1408,15 @@ def check_negative_weights(fn: Callable) -> CheckResult:
         return bad
     got = got.detach().double()
     if (got.diagonal().abs() > 1e-9).any():
-        return _say(False, "the diagonal is not 0: the positive itself could be drawn as a negative. "
-                           "Hint: set it to 0 after adding the floor.")
+        return _say(False, _tr("the diagonal is not 0: the positive itself could be drawn as a negative. "
+                               "Hint: set it to 0 after adding the floor.",
+                               "対角成分が 0 ではありません：正例そのものが負例として選ばれてしまいます。ヒント："
+                               "下限値を足した後で 0 にしましょう。"))
     if (got - expected.double()).abs().max() <= 1e-6:
-        return _say(True, "every negative keeps at least a small chance, the similar ones much more; "
-                          "never the positive.")
+        return _say(True, _tr("every negative keeps at least a small chance, the similar ones much more; "
+                              "never the positive.",
+                              "どの負例にも少なくとも小さな確率が残り、似たものほど大きな確率になります。正例が"
+                              "選ばれることはありません。"))
     eye = torch.eye(b, dtype=torch.bool)
     softmax = (sim / temp).softmax(dim=1)
     unnormalised = (softmax + 1e-4).masked_fill(eye, 0.0)
@@ -1077,20 +1428,31 @@ def check_negative_weights(fn: Callable) -> CheckResult:
         "columns": losses.negative_weights(sim.t(), temp, floor=1e-4).t(),
     }
     hints = {
-        "no_floor": "that is the draw without a floor (LAVIS's main branch). Add 1e-4 to the softmax, "
-                    "then set the positive to 0 and renormalise, as LAVIS 1.0.2 does.",
-        "floor_unnormalised": "the rows do not sum to 1: after zeroing the positive, divide each row "
-                              "by its sum (torch.multinomial would do it silently; here say it).",
-        "zeroed_unnormalised": "the rows do not sum to 1: after zeroing the positive, divide each row "
-                               "by its sum; and add the 1e-4 floor before zeroing.",
-        "no_temp": "divide the similarities by temp before the softmax.",
-        "columns": "each row (an image) is one distribution over the texts: softmax over dim=1.",
+        "no_floor": _tr("that is the draw without a floor (LAVIS's main branch). Add 1e-4 to the softmax, "
+                        "then set the positive to 0 and renormalise, as LAVIS 1.0.2 does.",
+                        "それは下限値のない抽出です（LAVIS の main ブランチ）。LAVIS 1.0.2 と同じく、softmax に "
+                        "1e-4 を足してから正例を 0 にし、正規化し直しましょう。"),
+        "floor_unnormalised": _tr("the rows do not sum to 1: after zeroing the positive, divide each row "
+                                  "by its sum (torch.multinomial would do it silently; here say it).",
+                                  "行の和が 1 になっていません：正例を 0 にした後、各行をその和で割りましょう"
+                                  "（torch.multinomial なら黙って正規化しますが、ここでは明示します）。"),
+        "zeroed_unnormalised": _tr("the rows do not sum to 1: after zeroing the positive, divide each row "
+                                   "by its sum; and add the 1e-4 floor before zeroing.",
+                                   "行の和が 1 になっていません：正例を 0 にした後、各行をその和で割りましょう。"
+                                   "また、0 にする前に下限値 1e-4 を足しましょう。"),
+        "no_temp": _tr("divide the similarities by temp before the softmax.",
+                       "softmax の前に、類似度を temp で割りましょう。"),
+        "columns": _tr("each row (an image) is one distribution over the texts: softmax over dim=1.",
+                       "各行（1 枚の画像）はテキスト上の 1 つの分布です：dim=1 で softmax をとりましょう。"),
     }
     slip = next((k for k, v in near.items() if (got - v.double()).abs().max() <= 1e-6), None)
     if slip:
         return _say(False, hints[slip])
-    return _say(False, f"the weights differ from LAVIS's by up to {float((got - expected).abs().max()):.3g}. "
-                       "Hint: softmax(sim / temp, dim=1) + 1e-4, the diagonal set to 0, rows renormalised.")
+    gap = float((got - expected).abs().max())
+    return _say(False, _tr(f"the weights differ from LAVIS's by up to {gap:.3g}. "
+                           "Hint: softmax(sim / temp, dim=1) + 1e-4, the diagonal set to 0, rows renormalised.",
+                           f"重みが LAVIS のものと最大 {gap:.3g} ずれています。ヒント：softmax(sim / temp, dim=1) "
+                           "+ 1e-4 を計算し、対角成分を 0 にして、各行を正規化し直します。"))
 
 
 # --- chapter 7 -------------------------------------------------------------------------------
@@ -1107,22 +1469,31 @@ def check_encoder_inputs(fn: Callable) -> CheckResult:
     if failed is not None:
         return failed
     if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return _say(False, "return two things: (inputs_embeds, attention_mask).")
+        return _say(False, _tr("return two things: (inputs_embeds, attention_mask).",
+                               "2 つの値を返しましょう：(inputs_embeds, attention_mask)。"))
     embeds, got_mask = got
     expected = torch.cat([prefix, prompt], dim=1)
     bad = _same_shape("inputs_embeds", embeds, expected, "(B, Q + T, d_model)")
     if bad is not None:
         return bad
     if torch.allclose(embeds, torch.cat([prompt, prefix], dim=1)) and not torch.allclose(embeds, expected):
-        return _say(False, "the prompt comes first; BLIP-2 puts the queries in front of it.")
+        return _say(False, _tr("the prompt comes first; BLIP-2 puts the queries in front of it.",
+                               "プロンプトが先に来ています。BLIP-2 はクエリをその前に置きます。"))
     if not torch.allclose(embeds, expected):
-        return _say(False, "inputs_embeds is not [prefix; prompt] along the sequence axis (dim=1).")
+        return _say(False, _tr("inputs_embeds is not [prefix; prompt] along the sequence axis (dim=1).",
+                               "inputs_embeds が系列の軸（dim=1）に沿った [prefix; prompt] になっていません。"))
     expected_mask = torch.cat([torch.ones(2, 4, dtype=mask.dtype), mask], dim=1)
     if not isinstance(got_mask, torch.Tensor) or tuple(got_mask.shape) != (2, 7):
-        return _say(False, "attention_mask must have shape (B, Q + T): ones for the queries, then the prompt's mask.")
+        return _say(False, _tr("attention_mask must have shape (B, Q + T): ones for the queries, then the "
+                               "prompt's mask.",
+                               "attention_mask の形状は (B, Q + T) でなければなりません：クエリの分の 1 に続けて、"
+                               "プロンプトのマスクです。"))
     if not torch.equal(got_mask.long(), expected_mask.long()):
-        return _say(False, "attention_mask is wrong: every query is real (1), the prompt keeps its padding (0).")
-    return _say(True, "queries first, then the prompt; the mask opens every query.")
+        return _say(False, _tr("attention_mask is wrong: every query is real (1), the prompt keeps its padding (0).",
+                               "attention_mask が違います：クエリはすべて実在のトークン（1）で、プロンプトは"
+                               "自分のパディング（0）をそのまま保ちます。"))
+    return _say(True, _tr("queries first, then the prompt; the mask opens every query.",
+                          "クエリが先、次にプロンプトです。マスクはすべてのクエリを参照可能にしています。"))
 
 
 @_keeps_random_state
@@ -1139,11 +1510,17 @@ def check_labels(fn: Callable) -> CheckResult:
     if bad is not None:
         return bad
     if not torch.equal(given, ids):
-        return _say(False, "make_labels changed its input in place. Hint: clone() first, or use masked_fill.")
+        return _say(False, _tr("make_labels changed its input in place. Hint: clone() first, or use masked_fill.",
+                               "make_labels が入力をインプレースで書き換えています。ヒント：先に clone() するか、"
+                               "masked_fill を使いましょう。"))
     if not torch.equal(got, expected):
-        return _say(False, "padding must become -100 (ignored by the loss); every real token, </s> "
-                           "included, stays. T5 shifts the labels itself: do not shift them.")
-    return _say(True, "padding is ignored, </s> is learned, and T5 builds its decoder inputs from these.")
+        return _say(False, _tr("padding must become -100 (ignored by the loss); every real token, </s> "
+                               "included, stays. T5 shifts the labels itself: do not shift them.",
+                               "パディングは -100（損失で無視される値）にする必要があります。</s> を含む実在の"
+                               "トークンはすべてそのまま残します。T5 はラベルを自分でずらすので、ずらさないで"
+                               "ください。"))
+    return _say(True, _tr("padding is ignored, </s> is learned, and T5 builds its decoder inputs from these.",
+                          "パディングは無視され、</s> は学習され、T5 はこのラベルからデコーダの入力を作ります。"))
 
 # --- chapter 8 -------------------------------------------------------------------------------
 
@@ -1151,7 +1528,7 @@ def check_labels(fn: Callable) -> CheckResult:
 def check_placeholder_ids(fn: Callable) -> CheckResult:
     """``fn(prompt_ids, prompt_mask, num_queries, image_token_id)`` must return HuggingFace's
     ``input_ids`` and ``attention_mask``: the image placeholders in front of the prompt."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     ids = torch.tensor([[17, 23, 5, 1], [44, 1, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     q, image_token = 3, 99
@@ -1161,20 +1538,35 @@ def check_placeholder_ids(fn: Callable) -> CheckResult:
     if failed is not None:
         return failed
     if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return _say(False, f"{name} should return two tensors (input_ids, attention_mask), got {type(got).__name__}.")
+        return _say(False, _tr(f"{name} should return two tensors (input_ids, attention_mask), got "
+                               f"{type(got).__name__}.",
+                               f"{name} は 2 つのテンソル (input_ids, attention_mask) を返す必要がありますが、"
+                               f"{type(got).__name__} が返されました。"))
     got_ids, got_mask = (torch.as_tensor(t) for t in got)
     if tuple(got_ids.shape) != tuple(exp_ids.shape):
-        return _say(False, f"input_ids has shape {tuple(got_ids.shape)}; expected {tuple(exp_ids.shape)}. "
-                           "Hint: one placeholder per query, for every image of the batch.")
+        return _say(False, _tr(f"input_ids has shape {tuple(got_ids.shape)}; expected {tuple(exp_ids.shape)}. "
+                               "Hint: one placeholder per query, for every image of the batch.",
+                               f"input_ids の形状が {tuple(got_ids.shape)} です。期待される形状は "
+                               f"{tuple(exp_ids.shape)} です。ヒント：バッチのすべての画像について、クエリ 1 つに"
+                               "つきプレースホルダー 1 つです。"))
     if torch.equal(got_ids, torch.cat([ids, torch.full((2, q), image_token)], dim=1)):
-        return _say(False, "the placeholders are after the prompt. Hint: the queries come first, "
-                           "where Blip2T5 puts them.")
+        return _say(False, _tr("the placeholders are after the prompt. Hint: the queries come first, "
+                               "where Blip2T5 puts them.",
+                               "プレースホルダーがプロンプトの後ろにあります。ヒント：Blip2T5 と同じく、クエリが"
+                               "先に来ます。"))
     if not torch.equal(got_ids, exp_ids):
-        return _say(False, f"input_ids = {got_ids.tolist()}; expected {exp_ids.tolist()}.")
+        return _say(False, _tr(f"input_ids = {got_ids.tolist()}; expected {exp_ids.tolist()}.",
+                               f"input_ids = {got_ids.tolist()} ですが、正しくは {exp_ids.tolist()} です。"))
     if not torch.equal(got_mask.long(), exp_mask):
-        return _say(False, f"attention_mask = {got_mask.tolist()}; expected {exp_mask.tolist()}. "
-                           "Hint: the placeholders are real inputs: ones, then the prompt's own mask.")
-    return _say(True, "num_queries placeholders in front of the prompt: HF scatters the projected queries into them.")
+        return _say(False, _tr(f"attention_mask = {got_mask.tolist()}; expected {exp_mask.tolist()}. "
+                               "Hint: the placeholders are real inputs: ones, then the prompt's own mask.",
+                               f"attention_mask = {got_mask.tolist()} ですが、正しくは {exp_mask.tolist()} です。"
+                               "ヒント：プレースホルダーは実在の入力です：1 を並べ、その後にプロンプト自身のマスクを"
+                               "続けます。"))
+    return _say(True, _tr("num_queries placeholders in front of the prompt: HF scatters the projected queries "
+                          "into them.",
+                          "プロンプトの前に num_queries 個のプレースホルダーがあります：HF は射影したクエリを"
+                          "そこに書き込みます。"))
 
 
 @_keeps_random_state
@@ -1183,7 +1575,7 @@ def check_precision_guard(fn: Callable) -> CheckResult:
     (``*.wo.weight``) is float16."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     torch.manual_seed(0)
     cfg = T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=4)
     cases = []
@@ -1191,26 +1583,30 @@ def check_precision_guard(fn: Callable) -> CheckResult:
     cases.append(("float32", model, True))
     cases.append(("bfloat16", T5ForConditionalGeneration(cfg).to(torch.bfloat16), True))
     half = T5ForConditionalGeneration(cfg).half()
-    cases.append(("float16 throughout", half, False))
+    cases.append((_tr("float16 throughout", "全体が float16"), half, False))
     mixed = T5ForConditionalGeneration(cfg).half()
     for module_name, module in mixed.named_modules():
         if module_name.endswith(".wo"):
             module.float()
-    cases.append(("float16 with wo in float32", mixed, True))
+    cases.append((_tr("float16 with wo in float32", "float16 で wo だけ float32"), mixed, True))
     only_one = T5ForConditionalGeneration(cfg)
     only_one.decoder.block[0].layer[-1].DenseReluDense.wo.half()
-    cases.append(("float32 but one wo in float16", only_one, False))
+    cases.append((_tr("float32 but one wo in float16", "float32 で wo が 1 つだけ float16"), only_one, False))
     for label, lm, expected in cases:
         failed, got = _call(name, fn, lm)
         if failed is not None:
             return failed
         if got is None:
-            return _say(False, f"{name} returned None. Hint: end the function with `return ...`.")
+            return _returned_none(name)
         if bool(got) != expected:
-            hint = ("only the feed-forward output layers matter: the rest may be float16"
-                    if expected else "look at every parameter whose name ends in '.wo.weight'")
-            return _say(False, f"{name}(T5 in {label}) = {got}; expected {expected}. Hint: {hint}.")
-    return _say(True, "float16 is refused only where it overflows: in T5's feed-forward outputs.")
+            hint = (_tr("only the feed-forward output layers matter: the rest may be float16",
+                        "問題になるのはフィードフォワードの出力層だけです：それ以外は float16 でもかまいません")
+                    if expected else _tr("look at every parameter whose name ends in '.wo.weight'",
+                                         "名前が '.wo.weight' で終わるパラメータをすべて調べましょう"))
+            return _say(False, _tr(f"{name}(T5 in {label}) = {got}; expected {expected}. Hint: {hint}.",
+                                   f"{name}({label} の T5) = {got} ですが、正しくは {expected} です。ヒント：{hint}。"))
+    return _say(True, _tr("float16 is refused only where it overflows: in T5's feed-forward outputs.",
+                          "float16 を拒むのは、オーバーフローする場所、つまり T5 のフィードフォワード出力だけです。"))
 
 
 # --- chapter 9 -------------------------------------------------------------------------------
@@ -1222,7 +1618,7 @@ def check_pooled_tokens(fn: Callable) -> CheckResult:
     by row, as DeCo's connector does before its MLP."""
     import torch.nn.functional as F
 
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1 + 36, 5, generator=gen)  # (B, 1 + 6 x 6, C)
     grid = rearrange(x[:, 1:], "b (h w) c -> b c h w", h=6)
@@ -1236,24 +1632,38 @@ def check_pooled_tokens(fn: Callable) -> CheckResult:
     with_cls = rearrange(F.adaptive_avg_pool2d(rearrange(x[:, :36], "b (h w) c -> b c h w", h=6), 3),
                          "b c h w -> b (h w) c")
     if torch.allclose(got, with_cls, atol=1e-5):
-        return _say(False, "the grid starts at [CLS]. Hint: drop image_embeds[:, 0] first; the 36 patches follow it.")
+        return _say(False, _tr("the grid starts at [CLS]. Hint: drop image_embeds[:, 0] first; the 36 patches "
+                               "follow it.",
+                               "グリッドが [CLS] から始まっています。ヒント：まず image_embeds[:, 0] を取り除き"
+                               "ましょう。36 個のパッチはその後に続きます。"))
     by_columns = rearrange(F.adaptive_avg_pool2d(grid, 3), "b c h w -> b (w h) c")
     if torch.allclose(got, by_columns, atol=1e-5):
-        return _say(False, "the cells come column by column. Hint: flatten the pooled grid row by row, "
-                           "'b c h w -> b (h w) c', as the patches are numbered.")
+        return _say(False, _tr("the cells come column by column. Hint: flatten the pooled grid row by row, "
+                               "'b c h w -> b (h w) c', as the patches are numbered.",
+                               "セルが列ごとの順に並んでいます。ヒント：パッチの番号の付け方と同じく、プーリング"
+                               "したグリッドを行ごとに平坦化しましょう：'b c h w -> b (h w) c'。"))
     if not torch.allclose(got, expected, atol=1e-5):
-        return _say(False, "the values differ from F.adaptive_avg_pool2d of the (B, C, 6, 6) patch grid. Hint: "
-                           "put the channels first before pooling, 'b (h w) c -> b c h w'.")
+        return _say(False, _tr("the values differ from F.adaptive_avg_pool2d of the (B, C, 6, 6) patch grid. "
+                               "Hint: put the channels first before pooling, 'b (h w) c -> b c h w'.",
+                               "値が、(B, C, 6, 6) のパッチグリッドに F.adaptive_avg_pool2d をかけたものと"
+                               "違います。ヒント：プーリングの前にチャネルを先頭に移しましょう："
+                               "'b (h w) c -> b c h w'。"))
     # 6 rows to 4 cells: windows of unequal, overlapping rows, which a fixed kernel cannot give
     expected = rearrange(F.adaptive_avg_pool2d(grid, 4), "b c h w -> b (h w) c")  # (B, 16, C)
     failed, got = _call(name, fn, x.clone(), 4)
     if failed is not None:
         return failed
     if tuple(got.shape) != tuple(expected.shape) or not torch.allclose(got, expected, atol=1e-5):
-        return _say(False, "right for 6 x 6 -> 3 x 3, wrong for 6 x 6 -> 4 x 4, where the side does not divide "
-                           "the grid. Hint: F.adaptive_avg_pool2d(grid, side) picks each cell's window itself; "
-                           "a fixed kernel of n // side patches fits only when side divides n.")
-    return _say(True, "36 patches in, 9 averaged cells out, in reading order: DeCo's compression, with no parameters.")
+        return _say(False, _tr("right for 6 x 6 -> 3 x 3, wrong for 6 x 6 -> 4 x 4, where the side does not divide "
+                               "the grid. Hint: F.adaptive_avg_pool2d(grid, side) picks each cell's window itself; "
+                               "a fixed kernel of n // side patches fits only when side divides n.",
+                               "6 x 6 -> 3 x 3 では正しいのですが、side がグリッドを割り切らない 6 x 6 -> 4 x 4 "
+                               "では違います。ヒント：F.adaptive_avg_pool2d(grid, side) は各セルの窓を自分で"
+                               "選びます。n // side パッチの固定カーネルが合うのは、side が n を割り切るときだけです。"))
+    return _say(True, _tr("36 patches in, 9 averaged cells out, in reading order: DeCo's compression, with no "
+                          "parameters.",
+                          "36 個のパッチから、平均した 9 個のセルが読む順に出てきます：パラメータを持たない DeCo "
+                          "の圧縮です。"))
 
 
 @_keeps_random_state
@@ -1263,7 +1673,7 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
     queries from the latents, the keys and values from [x; latents]."""
     from ..connectors import PerceiverAttention
 
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     gen = torch.Generator().manual_seed(0)
     attn = PerceiverAttention(width=8, heads=2, head_dim=4)
     with torch.no_grad():
@@ -1275,11 +1685,13 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
         failed, got = _call(name, fn, attn, x.clone(), latents.clone())
     if failed is not None:
         return failed
-    bad = _same_shape(name, got, expected, "(B, M, C): one vector per latent")
+    bad = _same_shape(name, got, expected, _tr("(B, M, C): one vector per latent", "(B, M, C)（latent ごとに 1 つのベクトル）"))
     if bad is not None:
         return bad
     if torch.allclose(got, expected, atol=1e-5):
-        return _say(True, "the latents read the image and each other in one softmax: Flamingo's resampler step.")
+        return _say(True, _tr("the latents read the image and each other in one softmax: Flamingo's resampler step.",
+                              "latent が 1 つの softmax で画像と互いを読んでいます：Flamingo のリサンプラーの "
+                              "1 ステップです。"))
 
     def variant(keys_of, scale=attn.scale, norm=True):
         xs, ls = (attn.norm_media(x), attn.norm_latents(latents)) if norm else (x, latents)
@@ -1294,18 +1706,29 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
         unscaled = variant(lambda xs, ls: torch.cat([xs, ls], dim=1), scale=1.0)
         unnormed = variant(lambda xs, ls: torch.cat([xs, ls], dim=1), norm=False)
     if torch.allclose(got, image_only, atol=1e-5):
-        return _say(False, "the keys and values come from the image alone. Hint: Flamingo's latents are keys "
-                           "and values too: to_kv(torch.cat([x, latents], dim=1)).")
+        return _say(False, _tr("the keys and values come from the image alone. Hint: Flamingo's latents are keys "
+                               "and values too: to_kv(torch.cat([x, latents], dim=1)).",
+                               "key と value が画像だけから作られています。ヒント：Flamingo では latent も key と "
+                               "value になります：to_kv(torch.cat([x, latents], dim=1))。"))
     if torch.allclose(got, unscaled, atol=1e-5):
-        return _say(False, "the scores are not scaled. Hint: multiply q @ k^T by attn.scale, head_dim ** -0.5.")
+        return _say(False, _tr("the scores are not scaled. Hint: multiply q @ k^T by attn.scale, head_dim ** -0.5.",
+                               "スコアがスケーリングされていません。ヒント：q @ k^T に attn.scale"
+                               "（head_dim ** -0.5）を掛けましょう。"))
     if torch.allclose(got, latents + expected, atol=1e-5):
-        return _say(False, "the residual is added. Hint: return only what the attention adds, to_out(...); "
-                           "the resampler's layer adds the latents itself.")
+        return _say(False, _tr("the residual is added. Hint: return only what the attention adds, to_out(...); "
+                               "the resampler's layer adds the latents itself.",
+                               "残差が足されています。ヒント：アテンションが加える分 to_out(...) だけを返し"
+                               "ましょう。latent はリサンプラーの層が自分で足します。"))
     if torch.allclose(got, unnormed, atol=1e-5):
-        return _say(False, "the inputs are not normalised. Hint: attn.norm_media(x) and attn.norm_latents(latents) "
-                           "come first.")
-    return _say(False, "the output differs from PerceiverAttention's. Hint: queries from the normalised latents, "
-                       "keys and values from [x; latents], heads split as 'b n (h d) -> b h n d', to_out last.")
+        return _say(False, _tr("the inputs are not normalised. Hint: attn.norm_media(x) and "
+                               "attn.norm_latents(latents) come first.",
+                               "入力が正規化されていません。ヒント：最初に attn.norm_media(x) と "
+                               "attn.norm_latents(latents) を適用します。"))
+    return _say(False, _tr("the output differs from PerceiverAttention's. Hint: queries from the normalised latents, "
+                           "keys and values from [x; latents], heads split as 'b n (h d) -> b h n d', to_out last.",
+                           "出力が PerceiverAttention のものと違います。ヒント：クエリは正規化した latent から、"
+                           "key と value は [x; latents] から作り、ヘッドは 'b n (h d) -> b h n d' で分け、最後に "
+                           "to_out を適用します。"))
 
 
 # --- chapter 10 ------------------------------------------------------------------------------
@@ -1315,7 +1738,7 @@ def check_left_padding(fn: Callable) -> CheckResult:
     """``fn(embeds, mask)`` -> (embeds, mask): each row's padding moved to the front, its real
     positions after it in their own order, as a decoder-only model needs them to continue
     right after the last real token."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     gen = torch.Generator().manual_seed(0)
     embeds = torch.randn(3, 5, 4, generator=gen)  # (B, L, d)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
@@ -1325,24 +1748,38 @@ def check_left_padding(fn: Callable) -> CheckResult:
     if failed is not None:
         return failed
     if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return _say(False, f"{name} should return two tensors (embeds, mask), got {type(got).__name__}.")
+        return _say(False, _tr(f"{name} should return two tensors (embeds, mask), got {type(got).__name__}.",
+                               f"{name} は 2 つのテンソル (embeds, mask) を返す必要がありますが、"
+                               f"{type(got).__name__} が返されました。"))
     got_embeds, got_mask = got
     bad = _same_shape(name, got_embeds, expected[0], "(B, L, d)")
     if bad is not None:
         return bad
     if not isinstance(got_mask, torch.Tensor) or not torch.equal(got_mask.long(), expected[1]):
         if isinstance(got_mask, torch.Tensor) and torch.equal(got_mask.long(), mask):
-            return _say(False, "the mask stayed where it was. Hint: move it with the same indices as the embeddings.")
-        return _say(False, f"mask = {_short(getattr(got_mask, 'tolist', lambda: got_mask)(), 60)}; expected "
-                           f"{expected[1].tolist()}: zeros first, then ones.")
+            return _say(False, _tr("the mask stayed where it was. Hint: move it with the same indices as the "
+                                   "embeddings.",
+                                   "マスクが元の位置のままです。ヒント：埋め込みと同じインデックスでマスクも"
+                                   "移動しましょう。"))
+        shown = _short(getattr(got_mask, 'tolist', lambda: got_mask)(), 60)
+        return _say(False, _tr(f"mask = {shown}; expected {expected[1].tolist()}: zeros first, then ones.",
+                               f"mask = {shown} ですが、正しくは {expected[1].tolist()} です：0 が先、その後に 1 です。"))
     real = expected[1] == 1  # what sits at a padded position is masked out: any vector will do there
     if torch.allclose(got_embeds[real], embeds.flip(1)[real]):
-        return _say(False, "the rows are reversed: the real tokens came out back to front. Hint: move the padding, "
-                           "keep the order of the rest (a stable sort of the mask, 0s before 1s).")
+        return _say(False, _tr("the rows are reversed: the real tokens came out back to front. Hint: move the "
+                               "padding, keep the order of the rest (a stable sort of the mask, 0s before 1s).",
+                               "行が反転しています：実在のトークンが逆順になっています。ヒント：パディングだけを"
+                               "移動し、残りの順序は保ちましょう（マスクの安定ソートで、0 が 1 より前）。"))
     if not torch.allclose(got_embeds[real], expected[0][real]):
-        return _say(False, "the real positions are not in their own order after the padding. Hint: "
-                           "torch.sort(mask, dim=1, stable=True).indices gives that order; gather with it.")
-    return _say(True, "padding first, every real token in its order: each row's last position is its last token.")
+        return _say(False, _tr("the real positions are not in their own order after the padding. Hint: "
+                               "torch.sort(mask, dim=1, stable=True).indices gives that order; gather with it.",
+                               "パディングの後ろの実在の位置が、元の順序になっていません。ヒント："
+                               "torch.sort(mask, dim=1, stable=True).indices がその順序を与えます。それで gather "
+                               "しましょう。"))
+    return _say(True, _tr("padding first, every real token in its order: each row's last position is its last "
+                          "token.",
+                          "パディングが先、実在のトークンは元の順序のままです：各行の最後の位置がその行の最後の"
+                          "トークンです。"))
 
 
 @_keeps_random_state
@@ -1351,7 +1788,7 @@ def check_decoder_labels(fn: Callable) -> CheckResult:
     ``blip2_opt.py`` builds them: -100 for the Q query positions, for the first
     ``prompt_length`` text tokens (the start token and the prompt) and for the padding; the
     caption's own ids elsewhere."""
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     ids = torch.tensor([[2, 11, 12, 21, 22, 23, 9], [2, 11, 12, 24, 9, 1, 1]])  # "</s> prompt caption \n"
     mask = (ids != 1).long()
     q, prompt_length = 3, 3
@@ -1363,28 +1800,45 @@ def check_decoder_labels(fn: Callable) -> CheckResult:
     if failed is not None:
         return failed
     if isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(text.shape):
-        return _say(False, f"labels have shape {tuple(got.shape)}, one per text token. Hint: the model's input "
-                           f"is [queries; text], so put a block of Q = {q} labels of -100 in front.")
+        return _say(False, _tr(f"labels have shape {tuple(got.shape)}, one per text token. Hint: the model's input "
+                               f"is [queries; text], so put a block of Q = {q} labels of -100 in front.",
+                               f"labels の形状が {tuple(got.shape)} で、テキストトークンごとに 1 つしかありません。"
+                               f"ヒント：モデルの入力は [queries; text] なので、-100 のラベルを Q = {q} 個並べた"
+                               f"ブロックを前に置きましょう。"))
     bad = _same_shape(name, got, expected, "(B, Q + T)")
     if bad is not None:
         return bad
     if not torch.equal(given, ids):
-        return _say(False, f"{name} changed its input in place. Hint: clone() first, or use masked_fill.")
+        return _say(False, _tr(f"{name} changed its input in place. Hint: clone() first, or use masked_fill.",
+                               f"{name} が入力をインプレースで書き換えています。ヒント：先に clone() するか、"
+                               f"masked_fill を使いましょう。"))
     got = got.long()
     if not (got[:, :q] == -100).all():
-        return _say(False, "the query positions must be -100: no token there is a target. Hint: "
-                           "torch.full((B, Q), -100) in front of the text's labels.")
+        return _say(False, _tr("the query positions must be -100: no token there is a target. Hint: "
+                               "torch.full((B, Q), -100) in front of the text's labels.",
+                               "クエリの位置は -100 でなければなりません：そこに予測対象のトークンはありません。"
+                               "ヒント：テキストのラベルの前に torch.full((B, Q), -100) を置きましょう。"))
     if torch.equal(got[:, q:-1], expected[:, q + 1:]) or torch.equal(got[:, q + 1:], expected[:, q:-1]):
-        return _say(False, "the labels are shifted by one. Hint: give each position its own id; the model "
-                           "shifts them itself (position t predicts label t + 1).")
+        return _say(False, _tr("the labels are shifted by one. Hint: give each position its own id; the model "
+                               "shifts them itself (position t predicts label t + 1).",
+                               "ラベルが 1 つずれています。ヒント：各位置には自分自身の id を与えましょう。ずらすのは"
+                               "モデル自身です（位置 t がラベル t + 1 を予測します）。"))
     if (got[:, q:q + prompt_length] != -100).any():
-        return _say(False, "the start token and the prompt are targets. Hint: set the first prompt_length text "
-                           "labels to -100, as LAVIS does (targets[:, :prompt_length] = -100).")
+        return _say(False, _tr("the start token and the prompt are targets. Hint: set the first prompt_length text "
+                               "labels to -100, as LAVIS does (targets[:, :prompt_length] = -100).",
+                               "開始トークンとプロンプトが予測対象になっています。ヒント：LAVIS と同じく、テキストの"
+                               "最初の prompt_length 個のラベルを -100 にしましょう"
+                               "（targets[:, :prompt_length] = -100）。"))
     if (got[:, q:][mask == 0] != -100).any():
-        return _say(False, "the padding is a target. Hint: -100 wherever the mask is 0.")
+        return _say(False, _tr("the padding is a target. Hint: -100 wherever the mask is 0.",
+                               "パディングが予測対象になっています。ヒント：マスクが 0 の位置はすべて -100 にします。"))
     if not torch.equal(got, expected):
-        return _say(False, f"labels = {got.tolist()}; expected {expected.tolist()}.")
-    return _say(True, "only the caption and its end are targets: queries, start token, prompt and padding are -100.")
+        return _say(False, _tr(f"labels = {got.tolist()}; expected {expected.tolist()}.",
+                               f"labels = {got.tolist()} ですが、正しくは {expected.tolist()} です。"))
+    return _say(True, _tr("only the caption and its end are targets: queries, start token, prompt and padding "
+                          "are -100.",
+                          "予測対象はキャプションとその終端だけです：クエリ、開始トークン、プロンプト、"
+                          "パディングは -100 です。"))
 
 
 # --- chapter 11 ------------------------------------------------------------------------------
@@ -1396,7 +1850,7 @@ def check_instruction_queries(fn: Callable) -> CheckResult:
     its instruction."""
     from ..qformer import QFormer
 
-    name = getattr(fn, "__name__", "your function")
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
     config = QFormerConfig.tiny()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -1412,17 +1866,26 @@ def check_instruction_queries(fn: Callable) -> CheckResult:
         return failed
     got = getattr(got, "query_output", got)
     if isinstance(got, torch.Tensor) and got.dim() == 3 and got.shape[1] == config.num_query_tokens + 4:
-        return _say(False, "that is [queries; instruction]: only the queries go on to the language model. "
-                           "Hint: keep the first Q positions (out.query_output).")
+        return _say(False, _tr("that is [queries; instruction]: only the queries go on to the language model. "
+                               "Hint: keep the first Q positions (out.query_output).",
+                               "それは [queries; instruction] 全体です：言語モデルに渡るのはクエリだけです。"
+                               "ヒント：最初の Q 個の位置（out.query_output）だけを残しましょう。"))
     bad = _same_shape(name, got, expected, "(B, Q, D)")
     if bad is not None:
         return bad
     with torch.no_grad():
         alone = qformer(image).query_output
     if torch.allclose(got, alone, atol=1e-5):
-        return _say(False, "the queries did not read the instruction: it was left out, or the mask ('itc', "
-                           "'itg') keeps the queries from the text. Hint: the queries and the instruction must "
-                           "read each other both ways.")
+        return _say(False, _tr("the queries did not read the instruction: it was left out, or the mask ('itc', "
+                               "'itg') keeps the queries from the text. Hint: the queries and the instruction must "
+                               "read each other both ways.",
+                               "クエリが指示文を読んでいません：指示文が渡されていないか、マスク（'itc'、'itg'）"
+                               "がクエリからテキストを隠しています。ヒント：クエリと指示文は双方向に互いを読む"
+                               "必要があります。"))
     if not torch.allclose(got, expected, atol=1e-5):
-        return _say(False, "the values differ from the Q-Former's pass over [queries; instruction] with ITM's mask.")
-    return _say(True, "the queries read the image for the instruction: ITM's pass, the query outputs read out.")
+        return _say(False, _tr("the values differ from the Q-Former's pass over [queries; instruction] with "
+                               "ITM's mask.",
+                               "値が、ITM のマスクで [queries; instruction] を Q-Former に通した結果と違います。"))
+    return _say(True, _tr("the queries read the image for the instruction: ITM's pass, the query outputs read out.",
+                          "クエリが指示文に合わせて画像を読んでいます：ITM の順伝播から、クエリの出力を取り出し"
+                          "ました。"))
