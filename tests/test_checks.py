@@ -1040,3 +1040,36 @@ def test_instruction_queries_pass_and_each_mistake_gets_its_hint(capsys):
         fails_with(capsys, checks.check_instruction_queries, wrong, words="did not read the instruction")
     fails_with(capsys, checks.check_instruction_queries, lambda q, x, i, m: q(x, i, m, mode="itm").last_hidden_state,
                words="only the queries")
+
+
+# --- chapter 12 ------------------------------------------------------------------------------
+
+def _with_positions(x, table):
+    b, f, q, d = x.shape
+    return (x + table(torch.arange(f))[None, :, None, :]).reshape(b, f * q, d)
+
+
+def test_frame_positions_pass_and_each_mistake_gets_its_hint(capsys):
+    from qformer_lite.video import VideoQFormer, video_qformer_config
+
+    assert run(capsys, checks.check_frame_positions, _with_positions)[0]
+    # the checker's answer is what the library's VideoQFormer hands its Q-Former
+    vq = VideoQFormer(video_qformer_config(encoder_hidden_size=8, hidden_size=16, num_attention_heads=2,
+                                           intermediate_size=32, num_query_tokens=3)).eval()
+    seen = []
+    vq.qformer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.randn(2, 3, 4, 8)
+    with torch.no_grad():
+        vq(x)
+    torch.testing.assert_close(seen[0], _with_positions(x, vq.video_frame_position_embedding))
+    fails_with(capsys, checks.check_frame_positions, lambda x, t: x + t(torch.arange(x.shape[1]))[None, :, None],
+               words="still (B, F, Q, D)")
+    fails_with(capsys, checks.check_frame_positions, lambda x, t: x.flatten(1, 2), words="no position was added")
+    fails_with(capsys, checks.check_frame_positions,
+               lambda x, t: (x + t(torch.arange(x.shape[2]))[None, None]).flatten(1, 2), words="per query")
+    fails_with(capsys, checks.check_frame_positions,
+               lambda x, t: (x + t(torch.arange(x.shape[1]))[None, :, None]).transpose(1, 2).flatten(1, 2),
+               words="query after query")
+    fails_with(capsys, checks.check_frame_positions,
+               lambda x, t: (x + 2 * t(torch.arange(x.shape[1]))[None, :, None]).flatten(1, 2),
+               words="values differ")

@@ -142,6 +142,7 @@ ANSWERS_OF = {
     "check_left_padding": ((en._left_pad,), (lambda e, m: (e.flip(1), m.flip(1)),)),
     "check_decoder_labels": ((en._labels,), (lambda *a: en._labels(*a, queries=False),)),
     "check_instruction_queries": ((_instruction_queries,), (lambda q, x, i, m: q(x).query_output,)),
+    "check_frame_positions": ((en._with_positions,), (lambda x, t: x.flatten(1, 2),)),
 }
 
 

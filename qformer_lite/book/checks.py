@@ -86,6 +86,8 @@ __all__ = [
     "check_decoder_labels",
     # chapter 11
     "check_instruction_queries",
+    # chapter 12
+    "check_frame_positions",
 ]
 
 PASS = "✓ Correct"
@@ -460,6 +462,17 @@ _ANSWERS: dict[str, tuple[Any, tuple[str, str]]] = {
          "one vector per query in its place, then the words after it up to ###Assistant:.",
          "代役のモデルが読むものを数えましょう：</s>、<ImageHere> より前の語 (###Human: <Img>)、"
          "その位置に入るクエリごとのベクトル 1 つずつ、そしてその後ろの ###Assistant: までの語です。"),
+    ),
+    # chapter 12
+    "video_tokens_concat": (
+        256,
+        ("Every frame hands on all of its queries: frames x queries.",
+         "どのフレームもクエリをすべて渡します：フレーム数 × クエリ数です。"),
+    ),
+    "video_tokens_videoqformer": (
+        32,
+        ("The video Q-Former hands on its own queries, however many frames it read.",
+         "ビデオ Q-Former が渡すのは自分のクエリだけで、フレーム数には依存しません。"),
     ),
 }
 
@@ -1889,3 +1902,56 @@ def check_instruction_queries(fn: Callable) -> CheckResult:
     return _say(True, _tr("the queries read the image for the instruction: ITM's pass, the query outputs read out.",
                           "クエリが指示文に合わせて画像を読んでいます：ITM の順伝播から、クエリの出力を取り出し"
                           "ました。"))
+
+
+@_keeps_random_state
+def check_frame_positions(fn: Callable) -> CheckResult:
+    """``fn(frame_queries, table)`` -> (B, F * Q, D): each frame's learned position (a row of
+    ``table``, an ``nn.Embedding``) added to every query output of that frame, then the frames
+    one after the other, as Video-LLaMA feeds its video Q-Former."""
+    name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
+    gen = torch.Generator().manual_seed(3)
+    b, f, q, d = 2, 3, 4, 8
+    frame_queries = torch.randn(b, f, q, d, generator=gen)
+    table = nn.Embedding(5, d)
+    with torch.no_grad():
+        table.weight.copy_(torch.randn(5, d, generator=gen))
+    expected = (frame_queries + table.weight[:f][None, :, None, :]).flatten(1, 2)  # (B, F * Q, D)
+    with torch.no_grad():
+        failed, got = _call(name, fn, frame_queries.clone(), table)
+    if failed is not None:
+        return failed
+    if isinstance(got, torch.Tensor) and got.shape == (b, f, q, d):
+        return _say(False, _tr("that is still (B, F, Q, D). Hint: the video Q-Former reads one sequence of "
+                               "F * Q tokens: flatten the frames and queries, frame after frame.",
+                               "まだ (B, F, Q, D) のままです。ヒント：ビデオ Q-Former が読むのは F * Q 個の"
+                               "トークンの 1 つの列です。フレームとクエリを、フレームの順に平らに並べましょう。"))
+    bad = _same_shape(name, got, expected, "(B, F * Q, D)")
+    if bad is not None:
+        return bad
+    if torch.allclose(got, frame_queries.flatten(1, 2), atol=1e-6):
+        return _say(False, _tr("no position was added: without them the video Q-Former cannot tell the order "
+                               "of the frames. Hint: table(torch.arange(F)) is one vector per frame.",
+                               "位置が足されていません：位置がなければ、ビデオ Q-Former はフレームの順番を区別"
+                               "できません。ヒント：table(torch.arange(F)) がフレームごとに 1 つのベクトルです。"))
+    per_query = (frame_queries + table.weight[:q][None, None, :, :]).flatten(1, 2)  # a row per query
+    if torch.allclose(got, per_query, atol=1e-6):
+        return _say(False, _tr("the positions were added per query, not per frame. Hint: every query of frame "
+                               "f gets the same vector, table row f: index the table by the frame.",
+                               "位置がクエリごとに足されていて、フレームごとではありません。ヒント：フレーム f の"
+                               "クエリにはすべて同じベクトル（table の f 行目）を足します。"))
+    by_query = (frame_queries + table.weight[:f][None, :, None, :]).transpose(1, 2).flatten(1, 2)
+    if torch.allclose(got, by_query, atol=1e-6):
+        return _say(False, _tr("the tokens are ordered query after query. Hint: Video-LLaMA puts the frames one "
+                               "after the other: all of frame 0's queries, then frame 1's.",
+                               "トークンがクエリごとの順に並んでいます。ヒント：Video-LLaMA はフレームを順に"
+                               "並べます。フレーム 0 のクエリをすべて、次にフレーム 1 のクエリを並べます。"))
+    if not torch.allclose(got, expected, atol=1e-6):
+        return _say(False, _tr("the values differ from the per-frame queries plus their frame's position, frame "
+                               "after frame.",
+                               "値が「フレームごとのクエリ＋そのフレームの位置」をフレーム順に並べたものと"
+                               "違います。"))
+    return _say(True, _tr("each frame's position is added to its queries, and the frames follow one another: "
+                          "what the video Q-Former cross-attends to.",
+                          "各フレームの位置がそのクエリに足され、フレームが順に並んでいます。これがビデオ "
+                          "Q-Former のクロスアテンションが読むものです。"))
