@@ -368,5 +368,27 @@ def test_the_module_lists_its_figures_chapter_by_chapter():
     assert sorted(plotting.__all__) == sorted(defined)  # every public name, and nothing imported
     figures = [name for name in plotting.__all__ if inspect.isfunction(getattr(plotting, name))]
     assert figures == sorted(figures, key=lambda name: source.index(f"\ndef {name}("))  # book order
-    assert re.findall(r"^# --- chapter (\d+)", source, flags=re.MULTILINE) == [str(c) for c in range(1, 12)]
+    assert re.findall(r"^# --- chapter (\d+)", source, flags=re.MULTILINE) == [str(c) for c in range(1, 13)]
     assert not [name for name in figures if name.startswith("plot_")]  # figures are named as nouns
+
+
+def test_clip_strips_draw_a_row_per_clip_and_colour_the_captions():
+    from qformer_lite.miniature import clips
+    from qformer_lite.miniature.config import MiniatureConfig
+
+    pool = clips.clip_pool("test", MiniatureConfig.quick())
+    fig = plotting.clip_strips(pool, [0, 1])
+    assert len(fig.axes) == 2 * 4 and fig.axes[0].get_xlabel() == "frame 0"
+    assert fig.axes[0].get_ylabel() and fig.axes[4].get_ylabel()
+    guesses = [pool.captions[0], clips.reversed_caption(pool.captions[1])]
+    fig = plotting.clip_strips(pool, [0, 1], captions=guesses + pool.captions[2:])
+    assert fig.axes[0].yaxis.label.get_color() == plotting.RIGHT_COLOR
+    assert fig.axes[4].yaxis.label.get_color() == plotting.WRONG_COLOR
+
+
+def test_video_scores_draw_a_bar_per_model_and_score():
+    rows = [{"kind": k, "tokens": t, "scores": {"exact": e, "direction": d, "change": c, "reversed": r}}
+            for k, t, e, d, c, r in [("video-qformer", 8, 0.9, 0.8, 1.0, 0.05), ("average", 8, 0.0, 0.0, 0.1, 0.7)]]
+    ax = plotting.video_scores(rows).axes[0]
+    assert [p.get_height() for p in ax.patches] == [0.9, 0.8, 1.0, 0.05, 0.0, 0.0, 0.1, 0.7]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["video-qformer (8 tokens)", "average (8 tokens)"]
