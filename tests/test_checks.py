@@ -1071,5 +1071,8 @@ def test_frame_positions_pass_and_each_mistake_gets_its_hint(capsys):
                lambda x, t: (x + t(torch.arange(x.shape[1]))[None, :, None]).transpose(1, 2).flatten(1, 2),
                words="query after query")
     fails_with(capsys, checks.check_frame_positions,
+               lambda x, t: (x + t(torch.arange(1, x.shape[1] + 1))[None, :, None]).flatten(1, 2),
+               words="next row")
+    fails_with(capsys, checks.check_frame_positions,
                lambda x, t: (x + 2 * t(torch.arange(x.shape[1]))[None, :, None]).flatten(1, 2),
                words="values differ")

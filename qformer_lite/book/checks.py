@@ -1940,6 +1940,12 @@ def check_frame_positions(fn: Callable) -> CheckResult:
                                "f gets the same vector, table row f: index the table by the frame.",
                                "位置がクエリごとに足されていて、フレームごとではありません。ヒント：フレーム f の"
                                "クエリにはすべて同じベクトル（table の f 行目）を足します。"))
+    shifted = (frame_queries + table.weight[1:f + 1][None, :, None, :]).flatten(1, 2)
+    if torch.allclose(got, shifted, atol=1e-6):
+        return _say(False, _tr("each frame took the next row of the table. Hint: frame f uses row f, counting "
+                               "from 0: table(torch.arange(F)).",
+                               "各フレームが table の 1 つ先の行を使っています。ヒント：フレーム f は 0 から数えて"
+                               " f 行目を使います：table(torch.arange(F))。"))
     by_query = (frame_queries + table.weight[:f][None, :, None, :]).transpose(1, 2).flatten(1, 2)
     if torch.allclose(got, by_query, atol=1e-6):
         return _say(False, _tr("the tokens are ordered query after query. Hint: Video-LLaMA puts the frames one "

@@ -887,7 +887,7 @@ VIDEO_COLORS = {"video-qformer": QUERY_COLOR, "no-positions": "#9ecae1", "concat
                 "average": PAD_COLOR}
 
 
-def clip_strips(pool, indices: Sequence[int], captions: Sequence[str] | None = None):
+def clip_strips(pool, indices: Sequence[int], captions: Sequence[str] | None = None, title: str | None = None):
     """Clips of ``pool`` (``miniature.clips.ClipPool``), one row each, frame after frame; each
     row titled with its caption, or with the model's ``captions`` in green (right) or red."""
     frames = pool.frames.shape[1]
@@ -904,11 +904,13 @@ def clip_strips(pool, indices: Sequence[int], captions: Sequence[str] | None = N
         text = pool.captions[i] if captions is None else captions[i]
         colour = TOTAL_COLOR if captions is None else (RIGHT_COLOR if captions[i] == pool.captions[i] else WRONG_COLOR)
         row[0].set_ylabel(_wrapped(text, 16), fontsize=8, color=colour, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def video_scores(rows: Sequence[Mapping], title: str = "Held-out clips"):
+def video_scores(rows: Sequence[Mapping], title: str = "Four video models on the held-out clips"):
     """Grouped bars, one group per score of ``miniature.clips.clip_scores`` and one bar per
     model, as ``miniature.clips.video_runs`` returns them; the models' token counts in the legend."""
     keys = ("exact", "direction", "change", "reversed")
@@ -916,15 +918,19 @@ def video_scores(rows: Sequence[Mapping], title: str = "Held-out clips"):
     width = 0.8 / len(rows)
     for j, r in enumerate(rows):
         xs = np.arange(len(keys)) + (j - (len(rows) - 1) / 2) * width
-        ax.bar(xs, [r["scores"][k] for k in keys], width, color=VIDEO_COLORS.get(r["kind"], TOTAL_COLOR),
-               edgecolor="white", label=f"{r['kind']} ({r['tokens']} tokens)")
+        values = [r["scores"][k] for k in keys]
+        bars = ax.bar(xs, values, width, color=VIDEO_COLORS.get(r["kind"], TOTAL_COLOR),
+                      edgecolor="white", label=f"{r['kind']} ({r['tokens']} tokens)")
+        for bar, v in zip(bars, values):  # a bar at 0 is a label, not nothing
+            ax.text(bar.get_x() + bar.get_width() / 2, v + 0.01, f"{v:.0%}", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(np.arange(len(keys)),
-                  ["exact match", "direction of a move", "colour change,\nin order", "captioned as reversed"])
-    ax.set_ylim(0, 1.05)
+                  ["exact match\n(all clips)", "direction\n(of the moves)", "colour change, in order\n(of the changes)",
+                   "captioned as reversed\n(all clips)"], fontsize=8)
+    ax.set_ylim(0, 1.12)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.set_ylabel("share of held-out clips")
+    ax.set_ylabel("share")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.suptitle(title, y=1.04)
+    fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig

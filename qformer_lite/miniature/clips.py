@@ -9,7 +9,8 @@ A clip is four frames of chapter 6's world with one object in them, and one capt
 
 Played backwards, every clip is a clip of another caption ("moves right", "a blue circle turns
 red") made of the same four frames. A model that keeps the frames but not their order cannot
-tell the two apart: it has one chance in two of the direction.
+tell the two apart: it gives both the same caption, and where training showed it the clips of
+one of the two (the reverse of a held-out caption is most often a training caption), that one.
 
 The split is made on captions, as chapter 6's: a random part of the captions of each kind is
 held out, and the test clips show only those. Four models caption the clips, all from chapter
