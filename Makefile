@@ -10,9 +10,10 @@ STRICT := QFORMER_LITE_STRICT_CHECKS=1
 # The unit tests run in this many processes, the threads shared out among them (tests/conftest.py).
 TEST_JOBS ?= 2
 
-# make test executes each English chapter once, under nbmake, in a copy of the book here, and
-# renders the English edition from that run; the Japanese edition executes its own chapters.
-EXECUTED := _build/executed
+# make test executes each English chapter once, under nbmake, in a copy of the book (not under
+# _build/, which nbmake skips), and renders the English edition from that run; the Japanese
+# edition executes its own chapters.
+EXECUTED := _test_book
 SOURCES  := _config.yml _toc.yml references.bib _vendor book notebooks
 
 .PHONY: install test unit notebooks book book-ja book-strict book-ja-strict clean test-lavis
@@ -30,7 +31,7 @@ install: $(STAMP)
 # Unit and parity tests, every notebook under nbmake, then the strict build of both editions.
 test: install
 	$(BIN)/python -m pytest -n $(TEST_JOBS) tests
-	rm -rf _build ja/_build && mkdir -p $(EXECUTED) && cp -r $(SOURCES) $(EXECUTED)/
+	rm -rf _build ja/_build $(EXECUTED) && mkdir -p $(EXECUTED) && cp -r $(SOURCES) $(EXECUTED)/
 	$(STRICT) $(BIN)/python -m pytest --nbmake --nbmake-timeout=600 --overwrite $(EXECUTED)/notebooks
 	$(BIN)/python -c "import sys, yaml; p = sys.argv[1]; c = yaml.safe_load(open(p)); \
 	c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open(p, 'w'), allow_unicode=True)" $(EXECUTED)/_config.yml
@@ -83,4 +84,4 @@ test-lavis: install $(LAVIS_VENV)/.installed
 	$(OFFLINE) LAVIS_REFERENCE=$(CURDIR)/$(LAVIS_REF) $(BIN)/python -m pytest tests/test_lavis_parity.py -v -s -rs
 
 clean:
-	rm -rf _build ja/_build .pytest_cache
+	rm -rf _build ja/_build $(EXECUTED) .pytest_cache
