@@ -294,6 +294,81 @@ def test_a_short_message_stays_on_one_line():
     assert checks._wrap_wide("✓ 正解：short は 3 です。") == "✓ 正解：short は 3 です。"
 
 
+# lines the reviewers found broken inside a word, as they were worded then: the break must move to
+# a place that reads well, a few columns earlier
+SPLIT_WORDS = [
+    ("✓ 正解：T 行 × (Q + T) 列：テキストはキャッシュされたクエリと、それより前のテキストを読みます。",
+     "クエリと、", "それより前"),
+    ("✓ 正解：パディングが先、実在のトークンは元の順序のままです：各行の最後の位置がその行の最後のトークンです。",
+     "各行の", "最後の位置"),
+    ("✓ 正解：予測対象はキャプションとその終端だけです：クエリ、開始トークン、プロンプト、パディングは -100 です。",
+     "クエリ、", "開始トークン"),
+    ("✓ 正解：latent が 1 つの softmax で画像と互いを読んでいます：Flamingo のリサンプラーの 1 ステップです。",
+     "読んでいます：", "Flamingo のリサンプラー"),
+]
+
+
+@pytest.mark.parametrize("text, ends, starts", SPLIT_WORDS)
+def test_a_line_breaks_where_it_reads_well_not_inside_a_word(text, ends, starts):
+    lines = checks._wrap_wide(text).splitlines()
+    assert len(lines) == 2 and all(columns(line) <= 70 for line in lines), lines
+    assert lines[0].endswith(ends) and lines[1].startswith("  " + starts), lines
+    assert "".join("".join(lines).split()) == "".join(text.split())
+
+
+def test_the_preferred_break_points():
+    """After punctuation or a particle, at a space, where ASCII meets Japanese; not inside a word,
+    not between a number and its counter, not between a code name and its particle."""
+    quality = checks._break_quality
+    good = [("う", "、", "次", False), ("果", "の", "位", False), ("", "ヒント：", "ク", False),
+            ("", "を", "す", False), ("ト", "は", "す", False), ("", "値", "(B,", True),
+            ("", "ヘッド", "attn.head_dim", True), ("", "です", "（", False)]
+    for previous, before, after, space in good:
+        assert quality(previous, before, after, space) == 3, (before, after)
+    bad = [("", "で", "す", False), ("", "そ", "れ", False), ("", "32", "個", True), ("", "第", "0", True),
+           ("", "N", "列", True), ("", "開", "始", False), ("", "始", "トークン", False)]
+    for previous, before, after, space in bad:
+        assert quality(previous, before, after, space) == 0, (before, after)
+    assert 0 < quality("", "softmax", "で", True) < 3  # a code name keeps its particle if it can
+    assert 0 < quality("", "'b", "h", True, True) < 3  # a space inside a piece of code
+    # with no good place within the last 12 columns, the line is filled as before (a word may split)
+    text = "あ" * 40
+    assert checks._wrap_wide(text).splitlines()[0] == "あ" * 35
+
+
+def test_a_piece_of_code_stays_on_one_line_when_a_better_place_is_near():
+    text = ("✗ もう一歩：ヘッドが交互に混ざっています。ヒント：ヘッド h は連続したスライス x[..., h*d:(h+1)*d] "
+            "を持つので、パターンは '(d h)' ではなく '(h d)' です。")
+    lines = checks._wrap_wide(text).splitlines()
+    assert all(columns(line) <= 70 for line in lines), lines
+    assert any("'(d h)'" in line for line in lines) and any("ヘッド h は" in line for line in lines), lines
+
+
+def test_the_numbers_of_a_right_short_answer_have_thousands_separators(capsys):
+    ok, out = run(capsys, checks.check_answer, "cross_attention_params", 3_346_944)
+    assert ok and out.endswith("cross_attention_params は 3,346,944 です。"), out
+    assert in_english(checks.check_answer, "cross_attention_params", 3_346_944).endswith(
+        "cross_attention_params = 3346944.")
+    assert run(capsys, checks.check_answer, "instructblip_mask", "itm")[1].endswith("'itm' です。")
+
+
+def test_the_japanese_messages_use_the_books_terms():
+    """The words of the Japanese chapters and glossary, not English words or other spellings."""
+    import ast
+
+    source = inspect.getsource(checks)
+    japanese = [node.value for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and KANA.search(node.value)
+                and "``" not in node.value]  # docstrings mention the old splits as examples
+    text = "".join(japanese)
+    for old in ("plain 形式", "リサンプラー", "実在の", "演習", "参照してよい", "スケール付き", "層 0、",
+                "を与え", "プレースホルダー", "query の", "key と", "value の", "hidden "):
+        assert old not in text, old
+    assert not re.search(r"\blatent\b", text)  # latents, in code, stays
+    for new in ("通常の形", "リサンプラ", "実際の", "練習問題", "注意を向けてよい", "スケール化内積アテンション",
+                "第 0, f, 2f, … 層", "潜在ベクトル"):
+        assert new in text, new
+
 def test_english_lines_still_wrap_with_textwrap(capsys):
     set_language("en")
     checks.check_itc_loss(en.ITC_SLIPS["summed"][0])

@@ -13,7 +13,8 @@ the library fails the build instead of printing a hint nobody reads.
 Every message is written in English and in Japanese, side by side (``_tr(en, ja)``), and is
 printed in the language of ``qformer_lite.book.set_language`` (English by default, or
 ``$QFORMER_LITE_LANG``), read when the check runs. The lines wrap at ``WIDTH`` columns; in
-Japanese a wide character counts as two columns, and a line may break between two of them.
+Japanese a wide character counts as two columns, and a line may break between two of them,
+preferably after punctuation or a particle, at a space, or where ASCII meets Japanese.
 """
 
 from __future__ import annotations
@@ -183,32 +184,119 @@ def _atoms(text: str) -> list[str]:
     return kept
 
 
+# where a Japanese line reads well when it must break (``_wrap_wide`` looks back this many
+# columns for such a place): after these, after a particle, at a space, where ASCII meets Japanese
+_LOOKBACK = 12
+_BREAK_AFTER = frozenset("、。，．：；！？）］｝〕〉》」』】")
+_PARTICLES = frozenset("はがをにでとのもへや")
+_OPENING, _CLOSING = frozenset("([{（"), frozenset(")]}）")
+_OPERATORS = frozenset(("×", "x", "+", "-", "*", "/", "//", "%", "=", "==", "->", "→", "@"))
+
+
+def _is_hiragana(char: str) -> bool:
+    return "\u3041" <= char <= "\u309f"
+
+
+def _is_kanji(char: str) -> bool:
+    return "\u4e00" <= char <= "\u9fff" or char == "々"
+
+
+def _depth_after(depth: int, atom: str) -> int:
+    """How deep inside brackets or quotes (a piece of code such as rearrange(x, 'b h l d')) the
+    text is after ``atom``, from ``depth`` before it; a sentence's end (。) closes everything."""
+    for k, char in enumerate(atom):
+        before = atom[k - 1] if k else " "
+        if char in _OPENING or (char == "'" and (before.isspace() or before in _OPENING or before == "=")):
+            depth += 1
+        elif char in _CLOSING or char == "'":
+            depth = max(0, depth - 1)
+        elif char == "。":
+            depth = 0
+    return depth
+
+
+def _break_quality(previous: str, before: str, after: str, space: bool, inside: bool = False) -> int:
+    """How well a Japanese line reads broken between the atoms ``before`` and ``after``
+    (``space``: there is a space between them; ``previous``: the character before ``before``,
+    or ""; ``inside``: the place is inside brackets or quotes), from 3 (best) to 0.
+
+    3: after 、。：） and their kind, after a particle (は が を に で と の も へ や), before an
+    opening bracket, at a space, or where ASCII meets Japanese. 2: at a space in a formula
+    (Q × N, d = 64, 第 0, f, 2f). 1: at a space inside a piece of code (rearrange(x, 'b h l d'),
+    [x; latents]), or between a code name and its particle (Flamingo の). 0, as bad as anywhere
+    else (inside a word: それよ / り前): between a number or a short name and the word next to
+    it (32 個, 1 つ, N 列, 第 0, 層 i)."""
+    last, first = before[-1], after[0]
+    if last in _BREAK_AFTER or (first in _NO_LINE_END and _is_wide(first)):
+        return 3
+    if space or _is_wide(last) != _is_wide(first):
+        if not _is_wide(last) and _is_wide(first) and (len(before) <= 2 or last.isdigit()):
+            return 0  # a number or a short name and its word: 32 個, 1 つ, N 列
+        if _is_wide(last) and not _is_wide(first) and len(after) <= 2 and (
+                _is_kanji(last) or _kind(last) == "katakana"):
+            return 0  # a word and its short name or number: 第 0, 層 i, クエリ 1 つ, ヘッド h
+        if not _is_wide(last) and _is_hiragana(first):
+            return 1  # a code name and its particle: softmax で, cfg から
+        if not _is_wide(last) and not _is_wide(first):
+            if inside:
+                return 1  # inside a piece of code: 'b h l d', [x; latents], (B, Q, D)
+            if before in _OPERATORS or after in _OPERATORS or (len(before) <= 3 and last == ","):
+                return 2  # in a formula: Q × N, d = 64, 0, f, 2f
+        return 3
+    if len(before) != 1 or last not in _PARTICLES:
+        return 0
+    if not _is_hiragana(first):  # の位置, を使い, で割る; not で|す, も|う, が|ら
+        return 3
+    # a particle before more hiragana: を always; the others but で after a noun (テキストは|すべて,
+    # 必要が|あります), and は after で, に, と (では|ありません)
+    if last == "を" or (last != "で" and previous != "" and not _is_hiragana(previous)) or (
+            last == "は" and previous in ("で", "に", "と")):
+        return 3
+    return 0
+
+
 def _wrap_wide(text: str, width: int = WIDTH, indent: str = "  ") -> str:
     """``textwrap.fill`` for text with wide characters: lines of at most ``width`` columns, the
     next ones indented by ``indent``, broken at a space or between two wide characters, never
-    inside a run of narrow characters unless it is longer than a line."""
+    inside a run of narrow characters unless it is longer than a line.
+
+    Where a line must break, it breaks at the place within ``_LOOKBACK`` columns of the end that
+    reads best (``_break_quality``: after 、。：） or a particle, at a space, where ASCII meets
+    Japanese), the last of the best; only where none reads even passably does it break right
+    before the atom that does not fit, which may split a word (それよ / り前)."""
     lines: list[str] = []
-    line, space = "", False
+    # the atoms on the current line: (atom, a space before it, inside brackets or quotes before it)
+    line: list[tuple[str, bool, bool]] = []
+    start, space, depth = "", False, 0  # start: "" on the first line, then indent
+
+    def shown(atoms: list[tuple[str, bool, bool]]) -> str:
+        return start + "".join((" " if gap and k else "") + atom for k, (atom, gap, _) in enumerate(atoms))
+
+    def quality(k: int) -> int:  # of a break before line[k]
+        previous = line[k - 2][0][-1] if k > 1 else ""
+        return _break_quality(previous, line[k - 1][0], *line[k])
+
     for atom in _atoms(text):
         if atom.isspace():
-            space = bool(line.strip())  # a space between two atoms; none at the start of a line
+            space = bool(line)  # a space between two atoms; none at the start of a line
             continue
-        piece, space = (" " + atom if space else atom), False
-        if line.strip() and _columns(line + piece) > width:
-            lines.append(line)
-            line, piece = indent, atom
-        while _columns(line + piece) > width:  # longer than a line: cut it, as textwrap does
-            fits = max(k for k in range(len(piece) + 1) if _columns(line + piece[:k]) <= width)
-            if fits == 0 and line.strip():
-                lines.append(line)
-                line = indent
+        line.append((atom, space, depth > 0))
+        space, depth = False, _depth_after(depth, atom)
+        while _columns(shown(line)) > width:
+            fitting = [k for k in range(len(line) - 1, 0, -1) if _columns(shown(line[:k])) <= width]
+            if fitting:  # break before the atom that does not fit, or at a better place a little earlier
+                reach = _columns(shown(line[:fitting[0]])) - _LOOKBACK
+                k = max((k for k in fitting if _columns(shown(line[:k])) >= reach), key=quality)
+                k = k if quality(k) else fitting[0]  # the last of the best, or the current rule
+                lines.append(shown(line[:k]))
+                start, line = indent, line[k:]
                 continue
-            fits = max(fits, 1)
-            lines.append(line + piece[:fits])
-            line, piece = indent, piece[fits:]
-        line += piece
-    if line.strip():
-        lines.append(line)
+            piece, _, inside = line[0]  # an atom longer than a line: cut it, as textwrap does
+            fits = max(1, max(n for n in range(len(piece) + 1) if _columns(start + piece[:n]) <= width))
+            lines.append(start + piece[:fits])
+            start, line = indent, [(piece[fits:], False, inside), *line[1:]]
+    if line:
+        lines.append(shown(line))
     return "\n".join(lines)
 
 
@@ -306,6 +394,11 @@ def _returned_none(name: str) -> CheckResult:
                            f"{name} が None を返しました。ヒント：関数の最後に `return ...` を書きましょう。"))
 
 
+def _before_desu(text: str) -> str:
+    """``text`` followed by a space before です, unless it ends in a full-width bracket."""
+    return text if text.endswith(("）", "」")) else text + " "
+
+
 def _same_shape(name: str, got, expected: torch.Tensor, what: str):
     if got is None:
         return _returned_none(name)
@@ -314,8 +407,8 @@ def _same_shape(name: str, got, expected: torch.Tensor, what: str):
                                f"{name} が {type(got).__name__} を返しました。形状 {what} のテンソルが必要です。"))
     if tuple(got.shape) != tuple(expected.shape):
         return _say(False, _tr(f"{name} returned shape {tuple(got.shape)}; expected {tuple(expected.shape)} = {what}.",
-                               f"{name} が返した形状は {tuple(got.shape)} です。期待される形状は "
-                               f"{tuple(expected.shape)} = {what} です。"))
+                               f"{name} が返した形状は {tuple(got.shape)} です。正しい形状は "
+                               f"{tuple(expected.shape)} = {_before_desu(what)}です。"))
     return None
 
 
@@ -347,7 +440,8 @@ _ANSWERS: dict[str, tuple[Any, tuple[str, str]]] = {
         ("ViT-g/14 cuts a 364-px image into (364 // 14)² patches of 14 px and adds one [CLS] "
          "token; only whole images fit: 2048 // (tokens per image).",
          "ViT-g/14 は 364 px の画像を 14 px のパッチ (364 // 14)² 個に切り分け、[CLS] トークンを "
-         "1 つ加えます。入るのは画像まるごとの単位なので、2048 // (画像 1 枚あたりのトークン数) です。"),
+         "1 つ加えます。画像は 1 枚まるごとでなければ入らないので、答えは "
+         "2048 // (画像 1 枚あたりのトークン数) です。"),
     ),
     "images_in_2048_queries": (
         2048 // 32,
@@ -361,56 +455,56 @@ _ANSWERS: dict[str, tuple[Any, tuple[str, str]]] = {
         2_363_904,
         ("Count query, key, value and the output dense: four Linear(768, 768) with biases, "
          "then one LayerNorm(768) with a weight and a bias.",
-         "query、key、value と出力の dense を数えましょう：バイアス付きの Linear(768, 768) が 4 つ、"
-         "さらに重みとバイアスを持つ LayerNorm(768) が 1 つです。"),
+         "クエリ、キー、バリューの射影と出力の dense を数えましょう。バイアス付きの Linear(768, 768) "
+         "が 4 つと、重みとバイアスを持つ LayerNorm(768) が 1 つです。"),
     ),
     # chapter 3
     "cross_attention_params": (
         3_346_944,
         ("The query projection is Linear(768, 768), but key and value read the 1408-wide image "
          "features: Linear(1408, 768). Add the output dense (768, 768) and its LayerNorm.",
-         "query の射影は Linear(768, 768) ですが、key と value は幅 1408 の画像特徴を読むので "
-         "Linear(1408, 768) です。出力の dense (768, 768) とその LayerNorm も加えましょう。"),
+         "クエリの射影は Linear(768, 768) ですが、キーとバリューは幅 1408 の画像特徴を読むので "
+         "Linear(1408, 768) です。出力の dense (768, 768) とその LayerNorm も足しましょう。"),
     ),
     "cross_blocks_reaching_text": (
         6,
         ("The text reads the queries in every layer's self-attention, which runs before that "
          "layer's cross-attention. A block in layer i changes the queries after the text has "
          "read them, so the text first sees its work in layer i + 1, if there is one.",
-         "テキストは各層のセルフアテンションでクエリを読みますが、それはその層のクロスアテンションより"
-         "前に実行されます。層 i のブロックはテキストが読んだ後でクエリを変えるので、テキストがその結果を"
-         "初めて見るのは層 i + 1 です（その層があれば）。"),
+         "テキストがクエリを読むのは各層のセルフアテンションで、これはその層のクロスアテンションより"
+         "前に実行されます。第 i 層のブロックがクエリを変えるのはテキストが読んだ後なので、テキストが"
+         "その結果を初めて見るのは第 i + 1 層です（その層があれば）。"),
     ),
     "cross_blocks_reaching_text_odd": (
         5,
         ("The text reads the queries in every layer's self-attention, which runs before that "
          "layer's cross-attention. A block in layer i reaches the text in layer i + 1; the "
          "last layer, 11, has no next layer.",
-         "テキストは各層のセルフアテンションでクエリを読みますが、それはその層のクロスアテンションより"
-         "前に実行されます。層 i のブロックがテキストに届くのは層 i + 1 です。最後の層 11 には次の層が"
-         "ありません。"),
+         "テキストがクエリを読むのは各層のセルフアテンションで、これはその層のクロスアテンションより"
+         "前に実行されます。第 i 層のブロックがテキストに届くのは第 i + 1 層です。最後の第 11 層には"
+         "次の層がありません。"),
     ),
     "cross_macs_plain": (
         2 * 257 * 1408 * 768,
         ("The plain form projects every image token to a key and a value: two Linear(1408, 768) "
          "on N = 257 tokens, N·C·D multiply-adds each (biases left out).",
-         "plain 形式では、すべての画像トークンを key と value に射影します：N = 257 個のトークンに "
-         "Linear(1408, 768) を 2 回、それぞれ N·C·D 回の積和です（バイアスは除きます）。"),
+         "通常の形では、すべての画像トークンをキーとバリューに射影します。N = 257 個のトークンに "
+         "Linear(1408, 768) を 2 回かけ、それぞれ N·C·D 回の積和です（バイアスは数えません）。"),
     ),
     "cross_macs_query_side": (
         2 * 12 * 32 * 1408 * (257 + 64),
         ("Per head, for its Q = 32 queries: W_k into the queries (Q·d·C), the scores against "
          "the image tokens (Q·C·N), their weighted sum (Q·N·C) and W_v after it (Q·C·d), "
          "with d = 64; then times H = 12 heads.",
-         "ヘッドごとに Q = 32 個のクエリについて、クエリへの W_k (Q·d·C)、画像トークンとのスコア "
-         "(Q·C·N)、その重み付き和 (Q·N·C)、その後の W_v (Q·C·d) を数えます（d = 64）。最後にヘッド数 "
-         "H = 12 を掛けましょう。"),
+         "ヘッドごとに、Q = 32 個のクエリについて数えます。クエリに掛ける W_k (Q·d·C)、画像トークン"
+         "とのスコア (Q·C·N)、その重み付き和 (Q·N·C)、最後に掛ける W_v (Q·C·d) です（d = 64）。"
+         "これをヘッド数 H = 12 倍しましょう。"),
     ),
     # chapter 5
     "instructblip_mask": (
         "itm",
         ("The instruction and the queries must read each other both ways, with no causality.",
-         "指示文とクエリは、因果的な制約なしに双方向で互いを読む必要があります。"),
+         "指示文とクエリは、因果的な制約なしに、互いを双方向に読む必要があります。"),
     ),
     # chapter 6
     "itm_pairs_per_batch": (
@@ -423,8 +517,8 @@ _ANSWERS: dict[str, tuple[Any, tuple[str, str]]] = {
         lambda m: m.qformer.num_query_tokens + 1,
         ("The T5 encoder reads every projected query, then the prompt; an empty prompt is "
          "tokenised as '</s>' alone.",
-         "T5 エンコーダは射影されたクエリをすべて読み、続いてプロンプトを読みます。空のプロンプトは "
-         "'</s>' だけにトークン化されます。"),
+         "T5 エンコーダは射影されたクエリをすべて読み、続いてプロンプトを読みます。空のプロンプトを"
+         "トークン化すると '</s>' だけになります。"),
     ),
     "projection_params": (
         lambda m: m.qformer.hidden_size * m.language.d_model + m.language.d_model,
@@ -453,21 +547,22 @@ _ANSWERS: dict[str, tuple[Any, tuple[str, str]]] = {
         768 * 5120 + 5120,
         ("llama_proj is one Linear from the Q-Former's width (768) to Vicuna-13B's hidden size "
          "(5120), with a bias.",
-         "llama_proj は Q-Former の幅 (768) から Vicuna-13B の隠れ次元 (5120) への、バイアス付きの "
-         "Linear 1 つです。"),
+         "llama_proj は、Q-Former の幅 (768) から Vicuna-13B の隠れ状態のサイズ (5120) への、"
+         "バイアス付きの Linear 1 つです。"),
     ),
     "chat_positions": (
         lambda m: 1 + 2 + m.qformer.num_query_tokens + 5,
         ("Count what the stand-in reads: </s>, the words before <ImageHere> (###Human: <Img>), "
          "one vector per query in its place, then the words after it up to ###Assistant:.",
-         "代役のモデルが読むものを数えましょう：</s>、<ImageHere> より前の語 (###Human: <Img>)、"
-         "その位置に入るクエリごとのベクトル 1 つずつ、そしてその後ろの ###Assistant: までの語です。"),
+         "代役のモデルが読むものを数えましょう。</s>、<ImageHere> より前の語 (###Human: <Img>)、"
+         "<ImageHere> の位置に入るクエリ 1 つにつき 1 つのベクトル、そしてその後ろの ###Assistant: "
+         "までの語です。"),
     ),
     # chapter 12
     "video_tokens_concat": (
         256,
         ("Every frame hands on all of its queries: frames x queries.",
-         "どのフレームもクエリをすべて渡します：フレーム数 × クエリ数です。"),
+         "どのフレームもクエリをすべて渡すので、フレーム数 × クエリ数です。"),
     ),
     "video_tokens_videoqformer": (
         32,
@@ -520,12 +615,12 @@ def check_answer(key: str, value: Any, answers: Mapping[str, tuple[Any, str]] | 
     answers = ANSWERS if answers is None else answers
     if key not in answers:
         return _say(False, _tr(f"unknown exercise key {key!r}; known: {', '.join(sorted(answers))}",
-                               f"演習のキー {key!r} はありません。使えるキー：{', '.join(sorted(answers))}"))
+                               f"練習問題のキー {key!r} はありません。使えるキー：{', '.join(sorted(answers))}"))
     expected, hint = answers[key]
     hint = _tr(*hint) if isinstance(hint, tuple) else hint
     if value is None or value is ...:
         return _say(False, _tr(f"no answer yet for {key!r}. Replace the ... with your value.",
-                               f"{key!r} の答えがまだありません。... をあなたの値に置き換えてください。"))
+                               f"{key!r} の答えがまだありません。... を答えの値に置き換えてください。"))
     value = _plain(value)
     kind = type(value).__name__
     if isinstance(expected, bool):
@@ -550,7 +645,8 @@ def check_answer(key: str, value: Any, answers: Mapping[str, tuple[Any, str]] | 
             return _say(False, _tr(f"{key} is NaN. Hint: {hint}", f"{key} が NaN です。ヒント：{hint}"))
         ok = value == expected
     if ok:
-        return _say(True, _tr(f"{key} = {value!r}.", f"{key} は {value!r} です。"))
+        shown = f"{value:,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+        return _say(True, _tr(f"{key} = {value!r}.", f"{key} は {shown} です。"))
     if isinstance(expected, numbers.Real) and not isinstance(expected, bool):
         high = value > expected
         shown = f"{value:,}" if float(value).is_integer() else f"{value:,.4g}"
@@ -591,7 +687,7 @@ def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
     if tuple(weight.shape) != (1, 32, 768):
         return _say(False, _tr(f"the parameter has shape {tuple(weight.shape)}; expected (1, 32, 768) = (1, Q, D). "
                                f"Hint: the leading 1 lets one set of queries serve every image in a batch.",
-                               f"パラメータの形状が {tuple(weight.shape)} です。期待される形状は (1, 32, 768) = "
+                               f"パラメータの形状が {tuple(weight.shape)} です。正しい形状は (1, 32, 768) = "
                                f"(1, Q, D) です。ヒント：先頭の 1 があるので、1 組のクエリをバッチ内のすべての"
                                f"画像で共有できます。"))
     values = weight.detach().float()
@@ -600,13 +696,14 @@ def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
         return _say(False, _tr(f"the queries have mean {mean:.2g} and std {std:.2g}; LAVIS draws them from "
                                f"N(0, 0.02²). Hint: nn.init.normal_(weight, mean=0.0, std=0.02).",
                                f"クエリの平均は {mean:.2g}、標準偏差は {std:.2g} です。LAVIS はクエリを "
-                               f"N(0, 0.02²) から抽出します。ヒント：nn.init.normal_(weight, mean=0.0, std=0.02)。"))
+                               f"N(0, 0.02²) からサンプリングします。ヒント："
+                               f"nn.init.normal_(weight, mean=0.0, std=0.02)。"))
     within_one_std = float(((values - mean).abs() < std).float().mean())  # 0.683 for a normal
     if not 0.65 < within_one_std < 0.72:
         return _say(False, _tr(f"the queries have std 0.02 but are not normal: {within_one_std:.0%} of them lie "
                                f"within one std of the mean, where a normal distribution has 68%. "
                                f"Hint: nn.init.normal_(weight, mean=0.0, std=0.02), not uniform_.",
-                               f"クエリの標準偏差は 0.02 ですが、正規分布ではありません：平均から 1 標準偏差以内に"
+                               f"クエリの標準偏差は 0.02 ですが、正規分布ではありません。平均から 1 標準偏差以内に"
                                f"あるのは {within_one_std:.0%} で、正規分布なら 68% です。ヒント：uniform_ ではなく "
                                f"nn.init.normal_(weight, mean=0.0, std=0.02) を使いましょう。"))
     failed, out = _call(f"{name}.forward", module, 3)
@@ -616,18 +713,18 @@ def check_queries(cls: Callable[[int, int], nn.Module]) -> CheckResult:
         return failed
     if not all(torch.equal(out[b], weight[0]) for b in range(3)):
         return _say(False, _tr("every image in the batch must get the same queries: out[b] == weight[0].",
-                               "バッチ内のすべての画像が同じクエリを受け取る必要があります：out[b] == weight[0]。"))
+                               "バッチ内のすべての画像が、同じクエリを受け取る必要があります（out[b] == weight[0]）。"))
     if not out.requires_grad:
         return _say(False, _tr("the output carries no gradients back to the parameter (it is detached, or "
                                "made from .data). Hint: return self.weight.expand(batch_size, -1, -1).",
                                "出力から勾配がパラメータに戻りません（detach されているか、.data から作られて"
-                               "います）。ヒント：return self.weight.expand(batch_size, -1, -1)。"))
+                               "います）。ヒント：return self.weight.expand(batch_size, -1, -1) と書きましょう。"))
     out.sum().backward()
     if weight.grad is None or not torch.allclose(weight.grad, torch.full_like(weight, 3.0)):
         return _say(False, _tr("the batch's gradients do not reach the parameter (or not all of them). "
                                "Hint: weight.expand(batch, -1, -1) keeps the graph and copies nothing.",
                                "バッチの勾配がパラメータに届いていません（または一部しか届いていません）。"
-                               "ヒント：weight.expand(batch, -1, -1) なら計算グラフを保ったまま、何もコピーしません。"))
+                               "ヒント：weight.expand(batch, -1, -1) なら、計算グラフを保ったまま何もコピーしません。"))
     if not _shares_memory(out, weight):
         return _say(False, _tr("the batch is a copy of the queries: it does not share the parameter's memory. "
                                "Hint: use .expand(batch_size, -1, -1), which returns a view; .repeat(), "
@@ -709,8 +806,8 @@ def _attention_output(name: str, got, expected: torch.Tensor, num_keys: int):
                 and tuple(tensors[0].shape) != tuple(expected.shape)):
             return _say(False, _tr(f"{name} returns (probabilities, output); return the output first: "
                                    f"(output, probabilities).",
-                                   f"{name} は (probabilities, output) の順で返しています。出力を先に返しましょう："
-                                   f"(output, probabilities)。")), None
+                                   f"{name} は (probabilities, output) の順で返しています。出力を先にして "
+                                   f"(output, probabilities) を返しましょう。")), None
         got = _first(got)
     if isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(expected.shape[:-1]) + (num_keys,):
         return _say(False, _tr(f"{name} returned shape {tuple(got.shape)}, the shape of the probabilities "
@@ -775,8 +872,8 @@ def check_attention(fn: Callable) -> CheckResult:
                            "scores.masked_fill(~mask, float('-inf')) を適用しましょう。")),
             (inverted, _tr("the mask is inverted: your function hides the keys where mask is True. "
                            "True means the key MAY be attended to: fill the scores where ~mask.",
-                           "マスクが反転しています：あなたの関数は mask が True のキーを隠しています。True は"
-                           "「そのキーを参照してよい」という意味です。~mask の位置のスコアを埋めましょう。")),
+                           "マスクが反転しています。あなたの関数は mask が True のキーを隠しています。True は"
+                           "「そのキーに注意を向けてよい」という意味です。~mask の位置のスコアを埋めましょう。")),
             (zero_scores, _tr("hidden scores are set to 0, which still gets weight e⁰ = 1 in the softmax. "
                               "Hint: fill them with float('-inf').",
                               "隠すスコアを 0 にしていますが、softmax では e⁰ = 1 の重みが残ります。ヒント："
@@ -794,7 +891,7 @@ def check_attention(fn: Callable) -> CheckResult:
                                "マスクありのときの出力が違います。ヒント：隠すキーは softmax の（後ではなく）前に "
                                "-inf にします。そうすれば見える重みの和は 1 のままです。"))
     return _say(True, _tr("scaled dot-product attention, with and without a mask.",
-                          "マスクあり・なしの両方で、スケール付き内積アテンションを計算できています。"))
+                          "マスクあり・なしの両方で、スケール化内積アテンションを計算できています。"))
 
 
 @_keeps_random_state
@@ -821,8 +918,8 @@ def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> C
                                        "the last axis into (H, d), then move H before L: "
                                        "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).",
                                        "(B, H, L, d) への reshape だけでは、位置とチャネルが混ざります。ヒント："
-                                       "最後の軸を (H, d) に分けてから、H を L の前に移しましょう："
-                                       "rearrange(x, 'b l (h d) -> b h l d', h=num_heads)。"))
+                                       "最後の軸を (H, d) に分けてから、H を L の前に移しましょう。"
+                                       "rearrange(x, 'b l (h d) -> b h l d', h=num_heads) です。"))
             return _say(False, _tr("split puts the wrong numbers in the heads. Hint: "
                                    "rearrange(x, 'b l (h d) -> b h l d', h=num_heads).",
                                    "split が各ヘッドに間違った値を入れています。ヒント："
@@ -838,8 +935,8 @@ def check_split_heads(split: Callable, merge: Callable, num_heads: int = 4) -> C
                                        "positions. Hint: move H next to d first: "
                                        "rearrange(x, 'b h l d -> b l (h d)').",
                                        "merge が (B, H, L, d) を直接 (B, L, H·d) に reshape しているため、ヘッドと"
-                                       "位置が混ざります。ヒント：先に H を d の隣に移しましょう："
-                                       "rearrange(x, 'b h l d -> b l (h d)')。"))
+                                       "位置が混ざります。ヒント：先に H を d の隣に移しましょう。"
+                                       "rearrange(x, 'b h l d -> b l (h d)') です。"))
             return _say(False, _tr("merge(split(x)) is not x. Hint: rearrange(x, 'b h l d -> b l (h d)').",
                                    "merge(split(x)) が x に戻りません。ヒント：rearrange(x, 'b h l d -> b l (h d)')。"))
     return _say(True, _tr("split and merge are exact inverses, with head h owning channels h·d to (h+1)·d.",
@@ -899,7 +996,7 @@ def check_cross_attention(fn: Callable) -> CheckResult:
                                                               "重みは画像トークン上の分布なので softmax(dim=-1) です。")),
                 (None, _tr("the heads are missing: one attention over the full width. Hint: split q, k and v "
                            "into attn.num_heads heads, attend per head, then merge.",
-                           "ヘッドがありません：全幅で 1 つのアテンションになっています。ヒント：q、k、v を "
+                           "ヘッドがありません。全幅で 1 つのアテンションになっています。ヒント：q、k、v を "
                            "attn.num_heads 個のヘッドに分け、ヘッドごとにアテンションを計算してから結合しましょう。")),
             ]
             single = [(one_head / math.sqrt(s)).softmax(-1) @ attn.value(image) for s in (8, 32)]
@@ -913,14 +1010,15 @@ def check_cross_attention(fn: Callable) -> CheckResult:
         if torch.allclose(got, rearrange(right, "b h l d -> b l (d h)"), atol=1e-5):
             return _say(False, _tr("the heads are merged interleaved. Hint: head h owns channels h·d to (h+1)·d: "
                                    "rearrange(out, 'b h q d -> b q (h d)'), not '(d h)'.",
-                                   "ヘッドが交互に混ざった順で結合されています。ヒント：ヘッド h はチャネル h·d から "
-                                   "(h+1)·d を持ちます：'(d h)' ではなく rearrange(out, 'b h q d -> b q (h d)') です。"))
+                                   "ヘッドが交互に混ざった順で結合されています。ヒント：ヘッド h が持つのはチャネル "
+                                   "h·d から (h+1)·d までです。'(d h)' ではなく rearrange(out, 'b h q d -> b q (h d)') "
+                                   "です。"))
         return _say(False, _tr("the output differs from the module's. Hint: q from the queries, k and v "
                                "from the image; split heads; softmax over the image tokens; merge heads.",
                                "出力がモジュールの出力と違います。ヒント：q はクエリから、k と v は画像から作り、"
                                "ヘッドに分け、画像トークン上で softmax をとり、ヘッドを結合します。"))
     return _say(True, _tr("queries read the image: Q rows, N image tokens per head.",
-                          "クエリが画像を読んでいます：ヘッドごとに Q 行、N 個の画像トークンです。"))
+                          "クエリが画像を読んでいます。マップはヘッドごとに、Q 行 × N 列です。"))
 
 
 
@@ -953,14 +1051,14 @@ def check_query_side_attention(fn: Callable) -> CheckResult:
             attn.forward = _refuse("calls the module itself. Hint: write the form from attn.query, "
                                    "attn.key.weight, attn.value.weight and attn.value.bias.",
                                    "はモジュール自体を呼び出しています。ヒント：attn.query、attn.key.weight、"
-                                   "attn.value.weight、attn.value.bias からこの形式を書きましょう。")
+                                   "attn.value.weight、attn.value.bias を使って、この形を書きましょう。")
             attn.key.forward = attn.value.forward = _refuse(
                 "projects the image tokens with attn.key or attn.value, as the plain form does. Hint: "
                 "from the query side the image tokens meet only the weights: fold attn.key.weight into "
                 "the queries, and apply attn.value.weight after the weighted sum.",
-                "は plain 形式と同じように、画像トークンを attn.key や attn.value で射影しています。ヒント："
-                "クエリ側の形式では、画像トークンは重みとしか出会いません：attn.key.weight をクエリに畳み込み、"
-                "attn.value.weight は重み付き和の後に適用しましょう。")
+                "は通常の形と同じように、画像トークンを attn.key や attn.value で射影しています。ヒント："
+                "クエリ側から計算すると、画像トークンはクエリ側のベクトルと掛け合わされるだけです。"
+                "attn.key.weight は先にクエリに掛け、attn.value.weight は重み付き和の後に掛けましょう。")
             failed, got = _call(name, fn, queries.clone(), image.clone(), attn)
         del attn.forward, attn.key.forward, attn.value.forward
         if failed is not None:
@@ -974,17 +1072,18 @@ def check_query_side_attention(fn: Callable) -> CheckResult:
             (2, heads, q_len, width): _tr("the weighted sum of the image tokens is still C wide: W_v comes "
                                           "after it. Hint: multiply each head's sum by its slice of "
                                           "attn.value.weight, transposed to (C, d).",
-                                          "画像トークンの重み付き和の幅がまだ C のままです：W_v はその後に来ます。"
-                                          "ヒント：各ヘッドの和に、attn.value.weight のそのヘッドの部分を (C, d) に"
-                                          "転置して掛けましょう。"),
+                                          "画像トークンの重み付き和の幅が C のままです。W_v はその後に掛けます。"
+                                          "ヒント：各ヘッドの和に、attn.value.weight のうちそのヘッドの部分を "
+                                          "(C, d) に転置して掛けましょう。"),
             (2, heads, q_len, hidden): _tr("each head applied all of attn.value.weight. Hint: head h takes "
                                            "only its own d rows of it, h·d to (h+1)·d.",
-                                           "各ヘッドが attn.value.weight の全体を適用しています。ヒント：ヘッド h "
-                                           "が使うのは自分の d 行、h·d 行目から (h+1)·d 行目だけです。"),
+                                           "各ヘッドが attn.value.weight の全体を掛けています。ヒント：ヘッド h "
+                                           "が使うのは、そのうち自分の d 行（h·d 行目から (h+1)·d 行目の手前"
+                                           "まで）だけです。"),
         }
         if isinstance(got, torch.Tensor) and tuple(got.shape) in per_head:
             return _say(False, _tr(f"{name} returned shape {tuple(got.shape)}: {per_head[tuple(got.shape)]}",
-                                   f"{name} が返した形状は {tuple(got.shape)} です：{per_head[tuple(got.shape)]}"))
+                                   f"{name} が返した形状は {tuple(got.shape)} です。{per_head[tuple(got.shape)]}"))
         failed = _same_shape(name, got, expected, "(B, Q, D)")
         if failed is not None:
             return failed
@@ -993,8 +1092,8 @@ def check_query_side_attention(fn: Callable) -> CheckResult:
         slips = [
             (dict(scale=1.0), _tr("the scores are not scaled. Hint: divide them by √d, d = attn.head_dim, as "
                                   "in the plain form: folding W_k into the queries changes no score.",
-                                  "スコアがスケーリングされていません。ヒント：plain 形式と同じく √d "
-                                  "(d = attn.head_dim) で割りましょう。W_k をクエリに畳み込んでもスコアは"
+                                  "スコアがスケーリングされていません。ヒント：通常の形と同じく √d "
+                                  "(d = attn.head_dim) で割りましょう。W_k を先にクエリに掛けても、スコアは"
                                   "変わりません。")),
             (dict(scale=math.sqrt(hidden)), _tr("scaled by √D instead of √d. Hint: each head scales by its "
                                                 "own width, attn.head_dim.",
@@ -1003,9 +1102,9 @@ def check_query_side_attention(fn: Callable) -> CheckResult:
             (dict(value_bias=False), _tr("the value bias is missing. Hint: in the plain form every value "
                                          "carries attn.value.bias, and each row of weights sums to 1, so "
                                          "it comes out unchanged: add it at the end.",
-                                         "value のバイアスがありません。ヒント：plain 形式ではどの value も "
+                                         "バリューのバイアスがありません。ヒント：通常の形ではどのバリューも "
                                          "attn.value.bias を含み、重みの各行の和は 1 なので、バイアスはそのまま"
-                                         "出力に残ります：最後に足しましょう。")),
+                                         "出力に残ります。最後に足しましょう。")),
             (dict(dim=-2), _tr("the softmax runs over the queries. Hint: each query's weights are a "
                                "distribution over the image tokens: softmax(dim=-1).",
                                "softmax をクエリの軸にかけています。ヒント：各クエリの重みは画像トークン上の"
@@ -1013,9 +1112,10 @@ def check_query_side_attention(fn: Callable) -> CheckResult:
             (dict(heads="(d h) c -> h d c"), _tr("the heads' slices of the weights are interleaved. Hint: "
                                                  "head h owns rows h·d to (h+1)·d of attn.key.weight and "
                                                  "attn.value.weight: '(h d) c -> h d c'.",
-                                                 "重みのヘッドごとの切り出しが交互に混ざっています。ヒント："
-                                                 "ヘッド h は attn.key.weight と attn.value.weight の h·d 行目"
-                                                 "から (h+1)·d 行目を持ちます：'(h d) c -> h d c'。")),
+                                                 "重みをヘッドごとに切り分けるとき、行が交互に混ざっています。"
+                                                 "ヒント：ヘッド h が持つのは、attn.key.weight と "
+                                                 "attn.value.weight の h·d 行目から (h+1)·d 行目の手前までです。"
+                                                 "パターンは '(h d) c -> h d c' です。")),
         ]
         with torch.no_grad():
             for flags, message in slips:
@@ -1026,11 +1126,11 @@ def check_query_side_attention(fn: Callable) -> CheckResult:
                                f"{gap:.3g}. Hint: per head, the scores "
                                f"(q W_k) xᵀ / √d, a softmax over the image tokens, then (P x) W_vᵀ; merge the "
                                f"heads and add attn.value.bias.",
-                               f"出力が plain 形式と最大 {gap:.3g} ずれています。ヒント：ヘッドごとに、スコア "
-                               f"(q W_k) xᵀ / √d、画像トークン上の softmax、そして (P x) W_vᵀ を計算し、ヘッドを"
-                               f"結合して attn.value.bias を足します。"))
+                               f"出力が通常の形と最大 {gap:.3g} ずれています。ヒント：ヘッドごとにスコア "
+                               f"(q W_k) xᵀ / √d、画像トークン上の softmax、(P x) W_vᵀ を順に計算し、ヘッドを"
+                               f"結合してから attn.value.bias を足します。"))
     return _say(True, _tr("the plain form's numbers, and the image tokens met no projection of their own.",
-                          "plain 形式と同じ値が得られ、しかも画像トークン自体は一度も射影されていません。"))
+                          "通常の形と同じ値が得られ、しかも画像トークン自体は一度も射影されていません。"))
 
 # --- chapter 4 -------------------------------------------------------------------------------
 
@@ -1058,15 +1158,16 @@ def check_cross_layers(fn: Callable) -> CheckResult:
                            "層ごとの True/False ではなく、クロスアテンションを持つ層の番号を返しましょう")
             elif got == [i for i in range(layers) if (i + 1) % freq == 0]:
                 hint = _tr("BLIP-2 starts counting at layer 0: layer_index % frequency == 0",
-                           "BLIP-2 は層 0 から数えます：layer_index % frequency == 0")
+                           "BLIP-2 は層を第 0 層から数えます。条件は layer_index % frequency == 0 です")
             else:
                 hint = _tr("a layer i holds cross-attention when i % frequency == 0",
-                           "層 i がクロスアテンションを持つのは i % frequency == 0 のときです")
+                           "第 i 層がクロスアテンションを持つのは、i % frequency == 0 のときです")
             return _say(False, _tr(f"{name}({layers}, {freq}) = {got}; expected {expected}. Hint: {hint}.",
                                    f"{name}({layers}, {freq}) = {got} ですが、正しくは {expected} です。"
                                    f"ヒント：{hint}。"))
     return _say(True, _tr("cross-attention in layers 0, f, 2f, ...: six of BLIP-2's twelve.",
-                          "クロスアテンションは層 0、f、2f、... にあります：BLIP-2 では 12 層のうち 6 層です。"))
+                          "クロスアテンションは第 0, f, 2f, … 層、つまり f 層ごと（f は引数 frequency）に"
+                          "あります。BLIP-2 では 12 層のうち 6 層です。"))
 
 
 @_keeps_random_state
@@ -1090,8 +1191,9 @@ def check_add_norm(fn: Callable) -> CheckResult:
             if isinstance(again, torch.Tensor) and not torch.equal(again, got):
                 return _say(False, _tr("two calls with the same inputs gave different results: dropout is on. "
                                        "Hint: the exercise leaves dropout out: LayerNorm(dense(x) + residual).",
-                                       "同じ入力で 2 回呼ぶと結果が変わります：ドロップアウトが有効です。ヒント："
-                                       "この演習ではドロップアウトを省きます：LayerNorm(dense(x) + residual)。"))
+                                       "同じ入力で 2 回呼ぶと結果が変わります。ドロップアウトが有効になっています。"
+                                       "ヒント：この練習問題ではドロップアウトを省き、"
+                                       "LayerNorm(dense(x) + residual) だけを計算します。"))
             if torch.allclose(got, norm(dense(x)), atol=1e-5):
                 return _say(False, _tr("the residual is missing. Hint: add it before the LayerNorm.",
                                        "残差がありません。ヒント：LayerNorm の前に足しましょう。"))
@@ -1100,8 +1202,8 @@ def check_add_norm(fn: Callable) -> CheckResult:
                                        "GPT-2. BERT and the Q-Former normalise after it: "
                                        "LayerNorm(dense(x) + residual).",
                                        "GPT-2 のような pre-LN の Transformer と同じく、LayerNorm が和の前に来て"
-                                       "います。BERT と Q-Former は和の後で正規化します："
-                                       "LayerNorm(dense(x) + residual)。"))
+                                       "います。BERT と Q-Former は和の後で正規化します。"
+                                       "LayerNorm(dense(x) + residual) です。"))
             return _say(False, _tr("the result differs from LayerNorm(dense(x) + residual).",
                                    "結果が LayerNorm(dense(x) + residual) と違います。"))
     return _say(True, _tr("post-LN: LayerNorm(dense(x) + residual), as in BERT.",
@@ -1141,9 +1243,9 @@ def query_path_formula(cfg: QFormerConfig, *, biases=True, norms=True, embedding
 
 _QUERY_PATH_MISTAKES = [  # (what the mistake counts, (its hint in English, in Japanese))
     (dict(query_tokens=True), ("leave the query tokens out: they are counted separately.",
-                               "クエリトークンは含めないでください：別に数えます。")),
+                               "クエリトークンは別に数えるので、含めないでください。")),
     (dict(text_ffn=True), ("the text FFN is not on the query path: the queries go through the query FFN only.",
-                           "テキスト用の FFN はクエリの経路にありません：クエリが通るのはクエリ用の FFN だけです。")),
+                           "テキスト用の FFN はクエリの経路にありません。クエリが通るのはクエリ用の FFN だけです。")),
     (dict(text_embeddings=True), ("the word and position embeddings belong to the text, not to the query path.",
                                   "単語埋め込みと位置埋め込みはテキストのもので、クエリの経路には含まれません。")),
     (dict(cross_every_layer=True), ("only the layers with i % cross_attention_frequency == 0 hold "
@@ -1152,14 +1254,15 @@ _QUERY_PATH_MISTAKES = [  # (what the mistake counts, (its hint in English, in J
                                     "i % cross_attention_frequency == 0 の層だけです。")),
     (dict(cross_one_based=True), ("cross-attention sits in layers 0, f, 2f, ...: i % frequency == 0, "
                                   "counting from 0.",
-                                  "クロスアテンションは層 0、f、2f、... にあります：0 から数えて "
-                                  "i % frequency == 0 です。")),
+                                  "クロスアテンションは第 0, f, 2f, … 層、つまり f 層ごと"
+                                  "（f は cross_attention_frequency）にあります。層は 0 から数え、条件は "
+                                  "i % f == 0 です。")),
     (dict(image_width="hidden"), ("cross-attention keys and values read the image: Linear(encoder_hidden_size, "
                                   "hidden_size), not Linear(hidden_size, hidden_size).",
-                                  "クロスアテンションの key と value は画像を読みます：Linear(hidden_size, "
+                                  "クロスアテンションのキーとバリューは画像を読みます。Linear(hidden_size, "
                                   "hidden_size) ではなく Linear(encoder_hidden_size, hidden_size) です。")),
     (dict(biases=False), ("every Linear has a bias too: n_in * n_out + n_out.",
-                          "どの Linear にもバイアスがあります：n_in * n_out + n_out。")),
+                          "どの Linear にもバイアスがあります。パラメータ数は n_in * n_out + n_out です。")),
     (dict(norms=False), ("every block ends in a LayerNorm with a weight and a bias (2·D each), and the "
                          "embeddings have one too.",
                          "どのブロックも、重みとバイアスを持つ LayerNorm（1 つあたり 2·D）で終わります。"
@@ -1198,8 +1301,8 @@ def check_query_path_params(fn: Callable) -> CheckResult:
         label = _tr("BLIP-2's config", "BLIP-2 の設定") if cfg == configs[0] else _tr(
             f"a config with {cfg.num_hidden_layers} layers, frequency {cfg.cross_attention_frequency}, "
             f"hidden {cfg.hidden_size}, image width {cfg.encoder_hidden_size}",
-            f"層数 {cfg.num_hidden_layers}、frequency {cfg.cross_attention_frequency}、hidden "
-            f"{cfg.hidden_size}、画像の幅 {cfg.encoder_hidden_size} の設定")
+            f"層数 {cfg.num_hidden_layers}、クロスアテンションの頻度 {cfg.cross_attention_frequency}、"
+            f"Q-Former の幅 {cfg.hidden_size}、画像の幅 {cfg.encoder_hidden_size} の設定")
         hint = None
         for flags, message in _QUERY_PATH_MISTAKES:
             if flags.get("image_width") == "hidden":
@@ -1213,19 +1316,20 @@ def check_query_path_params(fn: Callable) -> CheckResult:
             hint = _tr("your count is right for BLIP-2 but not here: read every size from cfg (hidden_size, "
                        "intermediate_size, encoder_hidden_size, num_hidden_layers, cross_attention_frequency) "
                        "instead of writing BLIP-2's numbers.",
-                       "BLIP-2 では正しい数ですが、この設定では違います：BLIP-2 の数値を直接書かずに、すべての"
+                       "BLIP-2 では正しい数ですが、この設定では違います。BLIP-2 の数値を直接書かずに、すべての"
                        "サイズを cfg から読みましょう（hidden_size、intermediate_size、encoder_hidden_size、"
                        "num_hidden_layers、cross_attention_frequency）。")
         if hint is None:
             hint = _tr("remember the biases and the LayerNorms (a weight and a bias each), and that "
                        "cross-attention keys and values take encoder_hidden_size inputs.",
-                       "バイアスと LayerNorm（それぞれ重みとバイアスを持ちます）を忘れずに。また、クロスアテンション"
-                       "の key と value の入力は encoder_hidden_size 次元です。")
+                       "バイアスと LayerNorm（重みとバイアスを 1 つずつ持ちます）を忘れないでください。また、"
+                       "クロスアテンションのキーとバリューの入力は encoder_hidden_size 次元です。")
         shown = f"{got:,}" if float(got).is_integer() else f"{got:,.1f}"
         return _say(False, _tr(f"for {label} you count {shown}; expected {expected:,}. Hint: {hint}",
                                f"{label}では {shown} と数えていますが、正しくは {expected:,} です。ヒント：{hint}"))
     return _say(True, _tr("your formula gives 105,137,664 for BLIP-2 and matches smaller configs too.",
-                          "あなたの式は BLIP-2 で 105,137,664 を与え、より小さな設定でも一致します。"))
+                          "あなたの式では BLIP-2 の設定で 105,137,664 となり、より小さな設定でも正しい値と"
+                          "一致します。"))
 
 
 # --- chapter 5 -------------------------------------------------------------------------------
@@ -1244,7 +1348,7 @@ def _mask_hint(mode: str, q: int, text_mask: torch.Tensor, b: int, i: int, j: in
     see = _tr(f"{'should' if expected else 'should not'} see "
               f"column {j} ({block} block{', a padded column' if padded_column else ''})",
               f"列 {j}（{block} ブロック{'、パディングされた列' if padded_column else ''}）"
-              f"{'が見えるべきです' if expected else 'が見えてはいけません'}")
+              f"{'を見る必要があります' if expected else 'を見てはいけません'}")
     if padded_column:
         hint = _tr("padded text columns are hidden from every row, in every mode.",
                    "パディングされたテキストの列は、どのモードでもすべての行から隠されます。")
@@ -1255,23 +1359,23 @@ def _mask_hint(mode: str, q: int, text_mask: torch.Tensor, b: int, i: int, j: in
                    "閉じるのはパディングされた列だけです。何も見えない行があると NaN になります。")
     elif mode == "itc":
         hint = _tr("ITC is unimodal: queries see only queries, text sees only text.",
-                   "ITC はユニモーダルです：クエリはクエリだけを、テキストはテキストだけを見ます。")
+                   "ITC はユニモーダルです。クエリはクエリだけを、テキストはテキストだけを見ます。")
     elif mode == "itm":
         hint = _tr("ITM is bi-directional: everyone sees every real token.",
-                   "ITM は双方向です：どの位置も、パディングでないすべてのトークンを見ます。")
+                   "ITM は双方向です。どの位置も、パディング以外のすべてのトークンを見ます。")
     elif i < q and j < q:
         hint = _tr("in ITG the queries see all the queries, both ways: only the text is causal.",
-                   "ITG ではクエリはすべてのクエリを双方向に見ます：因果的なのはテキストだけです。")
+                   "ITG でも、クエリはすべてのクエリを双方向に見ます。因果的なのはテキストだけです。")
     elif i < q:
         hint = _tr("in ITG the queries see only the queries (they must not peek at the caption).",
-                   "ITG ではクエリはクエリだけを見ます（キャプションを覗き見してはいけません）。")
+                   "ITG では、クエリはクエリだけを見ます（キャプションを盗み見てはいけません）。")
     elif j < q:
         hint = _tr("in ITG every text token sees all the queries.",
-                   "ITG ではどのテキストトークンもすべてのクエリを見ます。")
+                   "ITG では、どのテキストトークンもすべてのクエリを見ます。")
     else:
         hint = _tr("in ITG text token i sees text tokens 0..i (itself and earlier), never later ones.",
-                   "ITG ではテキストトークン i はテキストトークン 0..i（自分自身とそれより前）を見て、"
-                   "後ろのトークンは決して見ません。")
+                   "ITG では、テキストトークン i が見るのはテキストトークン 0..i（自分自身とそれより前）"
+                   "だけです。後ろのトークンは見ません。")
     return row, see, hint
 
 
@@ -1283,15 +1387,15 @@ def _bool_mask(name: str, got, expected: torch.Tensor, what: str, label: str):
         shape = tuple(got.shape) if isinstance(got, torch.Tensor) else _tr(
             f"a {type(got).__name__}", f"{type(got).__name__}（テンソルではありません）")
         return _say(False, _tr(f"{label} the mask has shape {shape}; expected {tuple(expected.shape)} = {what}.",
-                               f"{label}マスクの形状が {shape} です。期待される形状は {tuple(expected.shape)} = "
-                               f"{what} です。"))
+                               f"{label}マスクの形状が {_before_desu(str(shape))}です。正しい形状は {tuple(expected.shape)} = "
+                               f"{_before_desu(what)}です。"))
     if got.dtype != torch.bool:
         return _say(False, _tr(f"{label} the mask has dtype {got.dtype}; expected torch.bool (True = may attend). "
                                f"Hint: build it from torch.bool blocks or comparisons (LAVIS's additive 0 / -10000 "
                                f"form is another mask, not this one).",
-                               f"{label}マスクの dtype が {got.dtype} です。torch.bool（True = 参照してよい）が"
-                               f"必要です。ヒント：torch.bool のブロックや比較演算から作りましょう（LAVIS の "
-                               f"0 / -10000 を足す形式は別のマスクで、これではありません）。"))
+                               f"{label}マスクの dtype が {got.dtype} です。torch.bool（True = 注意を向けてよい）"
+                               f"が必要です。ヒント：torch.bool のブロックや比較演算から作りましょう（LAVIS の "
+                               f"0 / -10000 を足す形式は別のマスクで、ここで求めているものではありません）。"))
     return None
 
 
@@ -1320,12 +1424,12 @@ def check_mask(fn: Callable) -> CheckResult:
                 if torch.equal(got, ~expected) or torch.equal(got, ~pattern & real[:, None, :]):
                     return _say(False, _tr(f"mode {mode!r}: the mask is inverted. True means 'may attend': the "
                                            f"cells a row may see are True, the hidden ones False.",
-                                           f"モード {mode!r}：マスクが反転しています。True は「参照してよい」という"
-                                           f"意味です：行から見えるセルが True、隠すセルが False です。"))
+                                           f"モード {mode!r}：マスクが反転しています。True は「注意を向けてよい」"
+                                           f"という意味です。行から見えるセルが True、隠すセルが False です。"))
                 b, i, j = (int(t) for t in (got != expected).nonzero()[0])
                 row, see, hint = _mask_hint(mode, q, text_mask, b, i, j)
                 return _say(False, _tr(f"mode {mode!r}, Q={q}: {row} {see}. Hint: {hint}",
-                                       f"モード {mode!r}、Q={q}：{row}からは{see}。ヒント：{hint}"))
+                                       f"モード {mode!r}、Q={q}：{row}は{see}。ヒント：{hint}"))
     return _say(True, _tr("ITC, ITM and ITG masks, with padding, equal qformer_lite.build_attention_mask.",
                           "パディングを含む ITC、ITM、ITG のマスクが qformer_lite.build_attention_mask と一致します。"))
 
@@ -1348,9 +1452,10 @@ def check_cached_itg_mask(fn: Callable) -> CheckResult:
             b, i, j = (int(t) for t in (got != expected).nonzero()[0])
             _, see, hint = _mask_hint("itg", q, text_mask, b, i + q, j)
             return _say(False, _tr(f"text row {i}: {see}. Hint: {hint}",
-                                   f"テキスト行 {i} からは{see}。ヒント：{hint}"))
+                                   f"テキストの行 {i} は{see}。ヒント：{hint}"))
     return _say(True, _tr("T rows × (Q + T) columns: the text reads the cached queries and earlier text.",
-                          "T 行 × (Q + T) 列：テキストはキャッシュされたクエリと、それより前のテキストを読みます。"))
+                          "T 行 × (Q + T) 列のマスクです。どのテキストトークンも、キャッシュされたクエリ、"
+                          "自分自身、自分より前のテキストトークンを見ます。"))
 
 
 # --- chapter 6 -------------------------------------------------------------------------------
@@ -1423,7 +1528,7 @@ def check_negative_weights(fn: Callable) -> CheckResult:
     if (got.diagonal().abs() > 1e-9).any():
         return _say(False, _tr("the diagonal is not 0: the positive itself could be drawn as a negative. "
                                "Hint: set it to 0 after adding the floor.",
-                               "対角成分が 0 ではありません：正例そのものが負例として選ばれてしまいます。ヒント："
+                               "対角成分が 0 ではありません。これでは正例そのものが負例として選ばれてしまいます。ヒント："
                                "下限値を足した後で 0 にしましょう。"))
     if (got - expected.double()).abs().max() <= 1e-6:
         return _say(True, _tr("every negative keeps at least a small chance, the similar ones much more; "
@@ -1443,20 +1548,20 @@ def check_negative_weights(fn: Callable) -> CheckResult:
     hints = {
         "no_floor": _tr("that is the draw without a floor (LAVIS's main branch). Add 1e-4 to the softmax, "
                         "then set the positive to 0 and renormalise, as LAVIS 1.0.2 does.",
-                        "それは下限値のない抽出です（LAVIS の main ブランチ）。LAVIS 1.0.2 と同じく、softmax に "
+                        "それは下限値のないサンプリングです（LAVIS の main ブランチ）。LAVIS 1.0.2 と同じく、softmax に "
                         "1e-4 を足してから正例を 0 にし、正規化し直しましょう。"),
         "floor_unnormalised": _tr("the rows do not sum to 1: after zeroing the positive, divide each row "
                                   "by its sum (torch.multinomial would do it silently; here say it).",
-                                  "行の和が 1 になっていません：正例を 0 にした後、各行をその和で割りましょう"
-                                  "（torch.multinomial なら黙って正規化しますが、ここでは明示します）。"),
+                                  "行の和が 1 になっていません。正例を 0 にした後、各行をその和で割りましょう"
+                                  "（torch.multinomial は黙って正規化しますが、ここでは明示的に割ります）。"),
         "zeroed_unnormalised": _tr("the rows do not sum to 1: after zeroing the positive, divide each row "
                                    "by its sum; and add the 1e-4 floor before zeroing.",
-                                   "行の和が 1 になっていません：正例を 0 にした後、各行をその和で割りましょう。"
+                                   "行の和が 1 になっていません。正例を 0 にした後、各行をその和で割りましょう。"
                                    "また、0 にする前に下限値 1e-4 を足しましょう。"),
         "no_temp": _tr("divide the similarities by temp before the softmax.",
                        "softmax の前に、類似度を temp で割りましょう。"),
         "columns": _tr("each row (an image) is one distribution over the texts: softmax over dim=1.",
-                       "各行（1 枚の画像）はテキスト上の 1 つの分布です：dim=1 で softmax をとりましょう。"),
+                       "各行（1 枚の画像）はテキスト上の 1 つの分布です。dim=1 で softmax をとりましょう。"),
     }
     slip = next((k for k, v in near.items() if (got - v.double()).abs().max() <= 1e-6), None)
     if slip:
@@ -1483,7 +1588,7 @@ def check_encoder_inputs(fn: Callable) -> CheckResult:
         return failed
     if not isinstance(got, (tuple, list)) or len(got) != 2:
         return _say(False, _tr("return two things: (inputs_embeds, attention_mask).",
-                               "2 つの値を返しましょう：(inputs_embeds, attention_mask)。"))
+                               "2 つの値 (inputs_embeds, attention_mask) を返しましょう。"))
     embeds, got_mask = got
     expected = torch.cat([prefix, prompt], dim=1)
     bad = _same_shape("inputs_embeds", embeds, expected, "(B, Q + T, d_model)")
@@ -1494,19 +1599,20 @@ def check_encoder_inputs(fn: Callable) -> CheckResult:
                                "プロンプトが先に来ています。BLIP-2 はクエリをその前に置きます。"))
     if not torch.allclose(embeds, expected):
         return _say(False, _tr("inputs_embeds is not [prefix; prompt] along the sequence axis (dim=1).",
-                               "inputs_embeds が系列の軸（dim=1）に沿った [prefix; prompt] になっていません。"))
+                               "inputs_embeds が、系列の軸（dim=1）に沿って [prefix; prompt] を連結したものに"
+                               "なっていません。"))
     expected_mask = torch.cat([torch.ones(2, 4, dtype=mask.dtype), mask], dim=1)
     if not isinstance(got_mask, torch.Tensor) or tuple(got_mask.shape) != (2, 7):
         return _say(False, _tr("attention_mask must have shape (B, Q + T): ones for the queries, then the "
                                "prompt's mask.",
-                               "attention_mask の形状は (B, Q + T) でなければなりません：クエリの分の 1 に続けて、"
-                               "プロンプトのマスクです。"))
+                               "attention_mask の形状は (B, Q + T) です。クエリの数だけ 1 を並べ、その後に"
+                               "プロンプトのマスクを続けます。"))
     if not torch.equal(got_mask.long(), expected_mask.long()):
         return _say(False, _tr("attention_mask is wrong: every query is real (1), the prompt keeps its padding (0).",
-                               "attention_mask が違います：クエリはすべて実在のトークン（1）で、プロンプトは"
-                               "自分のパディング（0）をそのまま保ちます。"))
+                               "attention_mask が違います。クエリはすべて実際のトークン（1）です。プロンプトの"
+                               "パディング（0）はそのまま残します。"))
     return _say(True, _tr("queries first, then the prompt; the mask opens every query.",
-                          "クエリが先、次にプロンプトです。マスクはすべてのクエリを参照可能にしています。"))
+                          "クエリが先、次にプロンプトです。マスクでは、クエリの位置がすべて 1 になっています。"))
 
 
 @_keeps_random_state
@@ -1529,11 +1635,11 @@ def check_labels(fn: Callable) -> CheckResult:
     if not torch.equal(got, expected):
         return _say(False, _tr("padding must become -100 (ignored by the loss); every real token, </s> "
                                "included, stays. T5 shifts the labels itself: do not shift them.",
-                               "パディングは -100（損失で無視される値）にする必要があります。</s> を含む実在の"
-                               "トークンはすべてそのまま残します。T5 はラベルを自分でずらすので、ずらさないで"
+                               "パディングは -100（損失で無視される値）にする必要があります。</s> を含む実際の"
+                               "トークンは、すべてそのまま残します。T5 はラベルを自分でずらすので、ずらさないで"
                                "ください。"))
     return _say(True, _tr("padding is ignored, </s> is learned, and T5 builds its decoder inputs from these.",
-                          "パディングは無視され、</s> は学習され、T5 はこのラベルからデコーダの入力を作ります。"))
+                          "パディングは無視され、</s> は学習されます。T5 はこのラベルからデコーダの入力を作ります。"))
 
 # --- chapter 8 -------------------------------------------------------------------------------
 
@@ -1559,13 +1665,13 @@ def check_placeholder_ids(fn: Callable) -> CheckResult:
     if tuple(got_ids.shape) != tuple(exp_ids.shape):
         return _say(False, _tr(f"input_ids has shape {tuple(got_ids.shape)}; expected {tuple(exp_ids.shape)}. "
                                "Hint: one placeholder per query, for every image of the batch.",
-                               f"input_ids の形状が {tuple(got_ids.shape)} です。期待される形状は "
-                               f"{tuple(exp_ids.shape)} です。ヒント：バッチのすべての画像について、クエリ 1 つに"
-                               "つきプレースホルダー 1 つです。"))
+                               f"input_ids の形状が {tuple(got_ids.shape)} です。正しい形状は "
+                               f"{tuple(exp_ids.shape)} です。ヒント：バッチのどの画像にも、クエリ 1 つにつき"
+                               "プレースホルダが 1 つ必要です。"))
     if torch.equal(got_ids, torch.cat([ids, torch.full((2, q), image_token)], dim=1)):
         return _say(False, _tr("the placeholders are after the prompt. Hint: the queries come first, "
                                "where Blip2T5 puts them.",
-                               "プレースホルダーがプロンプトの後ろにあります。ヒント：Blip2T5 と同じく、クエリが"
+                               "プレースホルダがプロンプトの後ろにあります。ヒント：Blip2T5 と同じく、クエリが"
                                "先に来ます。"))
     if not torch.equal(got_ids, exp_ids):
         return _say(False, _tr(f"input_ids = {got_ids.tolist()}; expected {exp_ids.tolist()}.",
@@ -1574,11 +1680,11 @@ def check_placeholder_ids(fn: Callable) -> CheckResult:
         return _say(False, _tr(f"attention_mask = {got_mask.tolist()}; expected {exp_mask.tolist()}. "
                                "Hint: the placeholders are real inputs: ones, then the prompt's own mask.",
                                f"attention_mask = {got_mask.tolist()} ですが、正しくは {exp_mask.tolist()} です。"
-                               "ヒント：プレースホルダーは実在の入力です：1 を並べ、その後にプロンプト自身のマスクを"
+                               "ヒント：プレースホルダは実際の入力です。1 を並べ、その後にプロンプト自身のマスクを"
                                "続けます。"))
     return _say(True, _tr("num_queries placeholders in front of the prompt: HF scatters the projected queries "
                           "into them.",
-                          "プロンプトの前に num_queries 個のプレースホルダーがあります：HF は射影したクエリを"
+                          "プロンプトの前に num_queries 個のプレースホルダがあります。HF は射影したクエリを"
                           "そこに書き込みます。"))
 
 
@@ -1613,7 +1719,7 @@ def check_precision_guard(fn: Callable) -> CheckResult:
             return _returned_none(name)
         if bool(got) != expected:
             hint = (_tr("only the feed-forward output layers matter: the rest may be float16",
-                        "問題になるのはフィードフォワードの出力層だけです：それ以外は float16 でもかまいません")
+                        "問題になるのはフィードフォワードの出力層だけです。それ以外は float16 でもかまいません")
                     if expected else _tr("look at every parameter whose name ends in '.wo.weight'",
                                          "名前が '.wo.weight' で終わるパラメータをすべて調べましょう"))
             return _say(False, _tr(f"{name}(T5 in {label}) = {got}; expected {expected}. Hint: {hint}.",
@@ -1654,13 +1760,13 @@ def check_pooled_tokens(fn: Callable) -> CheckResult:
         return _say(False, _tr("the cells come column by column. Hint: flatten the pooled grid row by row, "
                                "'b c h w -> b (h w) c', as the patches are numbered.",
                                "セルが列ごとの順に並んでいます。ヒント：パッチの番号の付け方と同じく、プーリング"
-                               "したグリッドを行ごとに平坦化しましょう：'b c h w -> b (h w) c'。"))
+                               "したグリッドを行ごとに平坦化しましょう（'b c h w -> b (h w) c'）。"))
     if not torch.allclose(got, expected, atol=1e-5):
         return _say(False, _tr("the values differ from F.adaptive_avg_pool2d of the (B, C, 6, 6) patch grid. "
                                "Hint: put the channels first before pooling, 'b (h w) c -> b c h w'.",
                                "値が、(B, C, 6, 6) のパッチグリッドに F.adaptive_avg_pool2d をかけたものと"
-                               "違います。ヒント：プーリングの前にチャネルを先頭に移しましょう："
-                               "'b (h w) c -> b c h w'。"))
+                               "違います。ヒント：プーリングの前に、チャネルを先頭に移しましょう"
+                               "（'b (h w) c -> b c h w'）。"))
     # 6 rows to 4 cells: windows of unequal, overlapping rows, which a fixed kernel cannot give
     expected = rearrange(F.adaptive_avg_pool2d(grid, 4), "b c h w -> b (h w) c")  # (B, 16, C)
     failed, got = _call(name, fn, x.clone(), 4)
@@ -1672,11 +1778,11 @@ def check_pooled_tokens(fn: Callable) -> CheckResult:
                                "a fixed kernel of n // side patches fits only when side divides n.",
                                "6 x 6 -> 3 x 3 では正しいのですが、side がグリッドを割り切らない 6 x 6 -> 4 x 4 "
                                "では違います。ヒント：F.adaptive_avg_pool2d(grid, side) は各セルの窓を自分で"
-                               "選びます。n // side パッチの固定カーネルが合うのは、side が n を割り切るときだけです。"))
+                               "選びます。n // side パッチ幅の固定カーネルが合うのは、side が n を割り切るときだけです。"))
     return _say(True, _tr("36 patches in, 9 averaged cells out, in reading order: DeCo's compression, with no "
                           "parameters.",
-                          "36 個のパッチから、平均した 9 個のセルが読む順に出てきます：パラメータを持たない DeCo "
-                          "の圧縮です。"))
+                          "36 個のパッチを平均して 9 個のセルにし、行ごとの順に並べています。パラメータを"
+                          "持たない DeCo の圧縮です。"))
 
 
 @_keeps_random_state
@@ -1698,13 +1804,14 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
         failed, got = _call(name, fn, attn, x.clone(), latents.clone())
     if failed is not None:
         return failed
-    bad = _same_shape(name, got, expected, _tr("(B, M, C): one vector per latent", "(B, M, C)（latent ごとに 1 つのベクトル）"))
+    bad = _same_shape(name, got, expected, _tr("(B, M, C): one vector per latent",
+                                                "(B, M, C)（潜在ベクトル 1 つにつき 1 つのベクトル）"))
     if bad is not None:
         return bad
     if torch.allclose(got, expected, atol=1e-5):
         return _say(True, _tr("the latents read the image and each other in one softmax: Flamingo's resampler step.",
-                              "latent が 1 つの softmax で画像と互いを読んでいます：Flamingo のリサンプラーの "
-                              "1 ステップです。"))
+                              "潜在ベクトルが 1 つの softmax で、画像と互いを読んでいます。Flamingo の "
+                              "Perceiver リサンプラの 1 ステップです。"))
 
     def variant(keys_of, scale=attn.scale, norm=True):
         xs, ls = (attn.norm_media(x), attn.norm_latents(latents)) if norm else (x, latents)
@@ -1721,8 +1828,8 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
     if torch.allclose(got, image_only, atol=1e-5):
         return _say(False, _tr("the keys and values come from the image alone. Hint: Flamingo's latents are keys "
                                "and values too: to_kv(torch.cat([x, latents], dim=1)).",
-                               "key と value が画像だけから作られています。ヒント：Flamingo では latent も key と "
-                               "value になります：to_kv(torch.cat([x, latents], dim=1))。"))
+                               "キーとバリューが画像だけから作られています。ヒント：Flamingo では潜在ベクトルも"
+                               "キーとバリューになります。to_kv(torch.cat([x, latents], dim=1)) です。"))
     if torch.allclose(got, unscaled, atol=1e-5):
         return _say(False, _tr("the scores are not scaled. Hint: multiply q @ k^T by attn.scale, head_dim ** -0.5.",
                                "スコアがスケーリングされていません。ヒント：q @ k^T に attn.scale"
@@ -1730,8 +1837,8 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
     if torch.allclose(got, latents + expected, atol=1e-5):
         return _say(False, _tr("the residual is added. Hint: return only what the attention adds, to_out(...); "
                                "the resampler's layer adds the latents itself.",
-                               "残差が足されています。ヒント：アテンションが加える分 to_out(...) だけを返し"
-                               "ましょう。latent はリサンプラーの層が自分で足します。"))
+                               "残差が足されています。ヒント：アテンションが加える分、つまり to_out(...) だけを"
+                               "返しましょう。潜在ベクトルは、リサンプラの層が自分で足します。"))
     if torch.allclose(got, unnormed, atol=1e-5):
         return _say(False, _tr("the inputs are not normalised. Hint: attn.norm_media(x) and "
                                "attn.norm_latents(latents) come first.",
@@ -1739,9 +1846,9 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
                                "attn.norm_latents(latents) を適用します。"))
     return _say(False, _tr("the output differs from PerceiverAttention's. Hint: queries from the normalised latents, "
                            "keys and values from [x; latents], heads split as 'b n (h d) -> b h n d', to_out last.",
-                           "出力が PerceiverAttention のものと違います。ヒント：クエリは正規化した latent から、"
-                           "key と value は [x; latents] から作り、ヘッドは 'b n (h d) -> b h n d' で分け、最後に "
-                           "to_out を適用します。"))
+                           "出力が PerceiverAttention のものと違います。ヒント：クエリは正規化した潜在ベクトル"
+                           "から、キーとバリューは [x; latents] から作ります。ヘッドは 'b n (h d) -> b h n d' で"
+                           "分け、最後に to_out を適用します。"))
 
 
 # --- chapter 10 ------------------------------------------------------------------------------
@@ -1776,23 +1883,24 @@ def check_left_padding(fn: Callable) -> CheckResult:
                                    "移動しましょう。"))
         shown = _short(getattr(got_mask, 'tolist', lambda: got_mask)(), 60)
         return _say(False, _tr(f"mask = {shown}; expected {expected[1].tolist()}: zeros first, then ones.",
-                               f"mask = {shown} ですが、正しくは {expected[1].tolist()} です：0 が先、その後に 1 です。"))
+                               f"mask = {shown} ですが、正しくは {expected[1].tolist()} です。0 が先で、その後に 1 "
+                               f"が続きます。"))
     real = expected[1] == 1  # what sits at a padded position is masked out: any vector will do there
     if torch.allclose(got_embeds[real], embeds.flip(1)[real]):
         return _say(False, _tr("the rows are reversed: the real tokens came out back to front. Hint: move the "
                                "padding, keep the order of the rest (a stable sort of the mask, 0s before 1s).",
-                               "行が反転しています：実在のトークンが逆順になっています。ヒント：パディングだけを"
-                               "移動し、残りの順序は保ちましょう（マスクの安定ソートで、0 が 1 より前）。"))
+                               "行が反転しています。実際のトークンが逆順になっています。ヒント：パディングだけを"
+                               "移動し、残りの順序は保ちましょう（マスクを安定ソートして、0 を 1 より前に）。"))
     if not torch.allclose(got_embeds[real], expected[0][real]):
         return _say(False, _tr("the real positions are not in their own order after the padding. Hint: "
                                "torch.sort(mask, dim=1, stable=True).indices gives that order; gather with it.",
-                               "パディングの後ろの実在の位置が、元の順序になっていません。ヒント："
-                               "torch.sort(mask, dim=1, stable=True).indices がその順序を与えます。それで gather "
-                               "しましょう。"))
+                               "パディングの後ろにある実際の位置が、元の順序になっていません。ヒント："
+                               "torch.sort(mask, dim=1, stable=True).indices でその順序が得られます。それを使って "
+                               "gather しましょう。"))
     return _say(True, _tr("padding first, every real token in its order: each row's last position is its last "
                           "token.",
-                          "パディングが先、実在のトークンは元の順序のままです：各行の最後の位置がその行の最後の"
-                          "トークンです。"))
+                          "パディングが先で、実際のトークンは元の順序のままです。各行の最後の位置が、その行の"
+                          "最後のトークンです。"))
 
 
 @_keeps_random_state
@@ -1829,13 +1937,13 @@ def check_decoder_labels(fn: Callable) -> CheckResult:
     if not (got[:, :q] == -100).all():
         return _say(False, _tr("the query positions must be -100: no token there is a target. Hint: "
                                "torch.full((B, Q), -100) in front of the text's labels.",
-                               "クエリの位置は -100 でなければなりません：そこに予測対象のトークンはありません。"
+                               "クエリの位置は -100 でなければなりません。そこに予測対象のトークンはありません。"
                                "ヒント：テキストのラベルの前に torch.full((B, Q), -100) を置きましょう。"))
     if torch.equal(got[:, q:-1], expected[:, q + 1:]) or torch.equal(got[:, q + 1:], expected[:, q:-1]):
         return _say(False, _tr("the labels are shifted by one. Hint: give each position its own id; the model "
                                "shifts them itself (position t predicts label t + 1).",
-                               "ラベルが 1 つずれています。ヒント：各位置には自分自身の id を与えましょう。ずらすのは"
-                               "モデル自身です（位置 t がラベル t + 1 を予測します）。"))
+                               "ラベルが 1 つずれています。ヒント：各位置には、その位置の id をそのまま入れましょう。"
+                               "ずらすのはモデルの仕事です（位置 t がラベル t + 1 を予測します）。"))
     if (got[:, q:q + prompt_length] != -100).any():
         return _say(False, _tr("the start token and the prompt are targets. Hint: set the first prompt_length text "
                                "labels to -100, as LAVIS does (targets[:, :prompt_length] = -100).",
@@ -1850,7 +1958,7 @@ def check_decoder_labels(fn: Callable) -> CheckResult:
                                f"labels = {got.tolist()} ですが、正しくは {expected.tolist()} です。"))
     return _say(True, _tr("only the caption and its end are targets: queries, start token, prompt and padding "
                           "are -100.",
-                          "予測対象はキャプションとその終端だけです：クエリ、開始トークン、プロンプト、"
+                          "予測対象はキャプションとその終端だけです。クエリ、開始トークン、プロンプト、"
                           "パディングは -100 です。"))
 
 
@@ -1881,7 +1989,7 @@ def check_instruction_queries(fn: Callable) -> CheckResult:
     if isinstance(got, torch.Tensor) and got.dim() == 3 and got.shape[1] == config.num_query_tokens + 4:
         return _say(False, _tr("that is [queries; instruction]: only the queries go on to the language model. "
                                "Hint: keep the first Q positions (out.query_output).",
-                               "それは [queries; instruction] 全体です：言語モデルに渡るのはクエリだけです。"
+                               "それは [queries; instruction] 全体です。言語モデルに渡るのはクエリだけです。"
                                "ヒント：最初の Q 個の位置（out.query_output）だけを残しましょう。"))
     bad = _same_shape(name, got, expected, "(B, Q, D)")
     if bad is not None:
@@ -1892,15 +2000,15 @@ def check_instruction_queries(fn: Callable) -> CheckResult:
         return _say(False, _tr("the queries did not read the instruction: it was left out, or the mask ('itc', "
                                "'itg') keeps the queries from the text. Hint: the queries and the instruction must "
                                "read each other both ways.",
-                               "クエリが指示文を読んでいません：指示文が渡されていないか、マスク（'itc'、'itg'）"
-                               "がクエリからテキストを隠しています。ヒント：クエリと指示文は双方向に互いを読む"
+                               "クエリが指示文を読んでいません。指示文を渡していないか、マスク（'itc'、'itg'）"
+                               "がクエリからテキストを隠しています。ヒント：クエリと指示文は、互いを双方向に読む"
                                "必要があります。"))
     if not torch.allclose(got, expected, atol=1e-5):
         return _say(False, _tr("the values differ from the Q-Former's pass over [queries; instruction] with "
                                "ITM's mask.",
                                "値が、ITM のマスクで [queries; instruction] を Q-Former に通した結果と違います。"))
     return _say(True, _tr("the queries read the image for the instruction: ITM's pass, the query outputs read out.",
-                          "クエリが指示文に合わせて画像を読んでいます：ITM の順伝播から、クエリの出力を取り出し"
+                          "クエリが指示文に合わせて画像を読んでいます。ITM のパスを通し、クエリの出力を取り出し"
                           "ました。"))
 
 
@@ -1924,16 +2032,18 @@ def check_frame_positions(fn: Callable) -> CheckResult:
     if isinstance(got, torch.Tensor) and got.shape == (b, f, q, d):
         return _say(False, _tr("that is still (B, F, Q, D). Hint: the video Q-Former reads one sequence of "
                                "F * Q tokens: flatten the frames and queries, frame after frame.",
-                               "まだ (B, F, Q, D) のままです。ヒント：ビデオ Q-Former が読むのは F * Q 個の"
-                               "トークンの 1 つの列です。フレームとクエリを、フレームの順に平らに並べましょう。"))
+                               "まだ (B, F, Q, D) のままです。ヒント：ビデオ Q-Former が読むのは、F * Q 個の"
+                               "トークンからなる 1 本の系列です。フレームの順に、各フレームのクエリを 1 列に"
+                               "並べましょう。"))
     bad = _same_shape(name, got, expected, "(B, F * Q, D)")
     if bad is not None:
         return bad
     if torch.allclose(got, frame_queries.flatten(1, 2), atol=1e-6):
         return _say(False, _tr("no position was added: without them the video Q-Former cannot tell the order "
                                "of the frames. Hint: table(torch.arange(F)) is one vector per frame.",
-                               "位置が足されていません：位置がなければ、ビデオ Q-Former はフレームの順番を区別"
-                               "できません。ヒント：table(torch.arange(F)) がフレームごとに 1 つのベクトルです。"))
+                               "位置が足されていません。位置がなければ、ビデオ Q-Former はフレームの順番を区別"
+                               "できません。ヒント：table(torch.arange(F)) で、フレームごとに 1 つのベクトルが"
+                               "得られます。"))
     per_query = (frame_queries + table.weight[:q][None, None, :, :]).flatten(1, 2)  # a row per query
     if torch.allclose(got, per_query, atol=1e-6):
         return _say(False, _tr("the positions were added per query, not per frame. Hint: every query of frame "
@@ -1944,8 +2054,8 @@ def check_frame_positions(fn: Callable) -> CheckResult:
     if torch.allclose(got, shifted, atol=1e-6):
         return _say(False, _tr("each frame took the next row of the table. Hint: frame f uses row f, counting "
                                "from 0: table(torch.arange(F)).",
-                               "各フレームが table の 1 つ先の行を使っています。ヒント：フレーム f は 0 から数えて"
-                               " f 行目を使います：table(torch.arange(F))。"))
+                               "各フレームが table の 1 つ先の行を使っています。ヒント：フレーム f が使うのは、"
+                               "0 から数えて f 行目です（table(torch.arange(F))）。"))
     by_query = (frame_queries + table.weight[:f][None, :, None, :]).transpose(1, 2).flatten(1, 2)
     if torch.allclose(got, by_query, atol=1e-6):
         return _say(False, _tr("the tokens are ordered query after query. Hint: Video-LLaMA puts the frames one "
@@ -1959,5 +2069,5 @@ def check_frame_positions(fn: Callable) -> CheckResult:
                                "違います。"))
     return _say(True, _tr("each frame's position is added to its queries, and the frames follow one another: "
                           "what the video Q-Former cross-attends to.",
-                          "各フレームの位置がそのクエリに足され、フレームが順に並んでいます。これがビデオ "
-                          "Q-Former のクロスアテンションが読むものです。"))
+                          "各フレームの位置がそのクエリに足され、フレームが順に並んでいます。これを、ビデオ "
+                          "Q-Former がクロスアテンションで読みます。"))
