@@ -381,3 +381,16 @@ def test_reference_cells_keep_bert_names_so_library_weights_load():
             expected = library(x, cfg.num_query_tokens, image_embeds=image)[0]
             got = layer(x, cfg.num_query_tokens, image)
         assert torch.allclose(got, expected, atol=1e-6), index
+
+
+def test_the_bibliography_labels_entries_as_the_text_cites_them():
+    from pybtex.database import parse_file
+
+    from qformer_lite.book.bibstyle import _label
+
+    entries = parse_file(str(ROOT / "references.bib")).entries
+    assert _label(entries["li2023blip2"]) == "Li et al., 2023"
+    assert all(re.fullmatch(r"[^,]+, \d{4}", _label(e)) for e in entries.values())
+    for config in (CONFIG, yaml.safe_load((ROOT / "ja" / "_config.yml").read_text(encoding="utf-8"))):
+        assert "qformer_lite.book.bibstyle" in config["sphinx"]["extra_extensions"]
+        assert config["sphinx"]["config"]["bibtex_default_style"] == "authoryear"
