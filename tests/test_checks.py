@@ -428,15 +428,19 @@ def test_check_attention_accepts_output_and_probs(capsys):
     assert run(capsys, checks.check_attention, attention_from_scratch)[0]
 
 
+def split(x, h):
+    return rearrange(x, "b l (h d) -> b h l d", h=h)
+
+
+def merge(x):
+    return rearrange(x, "b h l d -> b l (h d)")
+
+
+def interleaved(x, h):
+    return rearrange(x, "b l (d h) -> b h l d", h=h)
+
+
 def test_check_split_heads(capsys):
-    def split(x, h):
-        return rearrange(x, "b l (h d) -> b h l d", h=h)
-
-    def merge(x):
-        return rearrange(x, "b h l d -> b l (h d)")
-
-    def interleaved(x, h):
-        return rearrange(x, "b l (d h) -> b h l d", h=h)
 
     def reshape_only(x, h):
         b, l, width = x.shape

@@ -16,7 +16,6 @@ import unicodedata
 
 import pytest
 import torch
-from einops import rearrange
 
 import test_checks as en  # the English tests: their right answers and their usual mistakes
 from qformer_lite.book import LANGUAGES, checks, language, set_language
@@ -91,18 +90,6 @@ def in_english(checker, *args) -> str:
 
 # --- every checker: its solution passes in Japanese, a usual mistake gets a Japanese hint ------
 
-def _split(x, h):
-    return rearrange(x, "b l (h d) -> b h l d", h=h)
-
-
-def _merge(x):
-    return rearrange(x, "b h l d -> b l (h d)")
-
-
-def _interleaved(x, h):
-    return rearrange(x, "b l (d h) -> b h l d", h=h)
-
-
 def _safe(lm):
     return all(p.dtype != torch.float16 for n, p in lm.named_parameters() if n.endswith(".wo.weight"))
 
@@ -120,7 +107,7 @@ ANSWERS_OF = {
     "check_equivariance_test": ((lambda f, x, p: torch.allclose(f(x[:, p]), f(x)[:, p], atol=1e-5),),
                                 (lambda f, x, p: True,)),
     "check_attention": ((en.good_attention,), (en.unscaled,)),
-    "check_split_heads": ((_split, _merge), (_interleaved, _merge)),
+    "check_split_heads": ((en.split, en.merge), (en.interleaved, en.merge)),
     "check_cross_attention": ((en.good_cross,), (en.no_heads,)),
     "check_query_side_attention": ((en.good_query_side,), (en.query_side_slip(value_bias=False),)),
     "check_cross_layers": ((lambda n, f: list(range(0, n, f)),),
