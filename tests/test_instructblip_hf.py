@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
 
-from hf_helpers import build, instructions, prompts
+from hf_helpers import (assert_generated_ids_equal, assert_logits_and_loss_equal, build, instructions,
+                        placeholder_inputs, prompts)
 from qformer_lite.blip2_t5 import Blip2T5
 from qformer_lite.hf import instructblip_from_hf
 from qformer_lite.instructblip import InstructBlipDecoder, InstructBlipT5, instruction_queries
@@ -27,12 +28,9 @@ def pair(request, tmp_path_factory):
     return request.param, hf, instructblip_from_hf(folder)
 
 
-def hf_inputs(hf, ids, mask):
-    """transformers 5's input: one placeholder per query before the prompt, the padding first."""
-    image = torch.full((ids.shape[0], Q), hf.config.image_token_index)
-    full_ids, full_mask = torch.cat([image, ids], 1), torch.cat([torch.ones_like(image), mask], 1)
-    order = torch.sort(full_mask, dim=1, stable=True).indices
-    return full_ids.gather(1, order), full_mask.gather(1, order)
+def hf_inputs(kind, hf, ids, mask):
+    """transformers 5's input: one placeholder per query before the prompt."""
+    return placeholder_inputs(kind, ids, mask, Q, hf.config.image_token_index)
 
 
 def pixels(batch, seed=2):
@@ -74,49 +72,16 @@ def test_the_soft_prompt_equals_hfs_image_features(pair):
 
 def test_logits_and_loss_equal_hf(pair):
     kind, hf, ours = pair
-    x, (q_ids, q_mask) = pixels(3), instructions()
     ids, mask = prompts(kind)
-    with torch.no_grad():
-        if kind == "t5":
-            labels = torch.tensor([[5, 6, 1], [7, 1, -100], [8, 9, 1]])
-            want = hf(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask,
-                      input_ids=torch.cat([torch.full((3, Q), hf.config.image_token_index), ids], 1),
-                      attention_mask=torch.cat([torch.ones(3, Q, dtype=torch.long), mask], 1), labels=labels)
-            got = ours(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=ids,
-                       attention_mask=mask, labels=labels)
-            torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
-        else:
-            full_ids, full_mask = hf_inputs(hf, ids, mask)
-            labels = ids.masked_fill(mask == 0, -100)
-            labels[:, :-1] = -100  # the last token is the one target
-            hf_labels = full_ids.masked_fill(full_mask == 0, -100)
-            hf_labels[:, :-1] = -100
-            want = hf(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=full_ids,
-                      attention_mask=full_mask, labels=hf_labels)
-            got = ours(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=ids,
-                       attention_mask=mask, labels=labels)
-            real = full_mask.bool()
-            torch.testing.assert_close(got.logits[real], want.logits[real], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
+    assert_logits_and_loss_equal(kind, hf, ours, pixels(3), instructions(), ids, mask, *hf_inputs(kind, hf, ids, mask))
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generated_ids_equal_hf(pair, num_beams):
     kind, hf, ours = pair
-    x, (q_ids, q_mask) = pixels(3), instructions()
     ids, mask = prompts(kind)
-    settings = dict(num_beams=num_beams, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    if kind == "t5":
-        hf_ids = torch.cat([torch.full((3, Q), hf.config.image_token_index), ids], 1)
-        hf_mask = torch.cat([torch.ones(3, Q, dtype=torch.long), mask], 1)
-    else:
-        hf_ids, hf_mask = hf_inputs(hf, ids, mask)
-    want = hf.generate(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=hf_ids,
-                       attention_mask=hf_mask, **settings)
-    got = ours.generate(x, ids, mask, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, **settings)
-    if kind != "t5":
-        want = want[:, hf_ids.shape[1]:]  # HF returns the placeholders and the prompt first
-    assert torch.equal(got, want)
+    assert_generated_ids_equal(kind, hf, ours, pixels(3), instructions(), ids, mask, *hf_inputs(kind, hf, ids, mask),
+                               num_beams)
 
 
 def test_bad_input_is_a_clear_error(pair):

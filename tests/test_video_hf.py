@@ -10,7 +10,8 @@ import torch
 from transformers import (Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration,
                           InstructBlipVideoForConditionalGeneration)
 
-from hf_helpers import build, instructions, prompts
+from hf_helpers import (assert_generated_ids_equal, assert_logits_and_loss_equal, build, instructions,
+                        placeholder_inputs, prompts)
 from qformer_lite.hf import instructblip_from_hf, instructblipvideo_from_hf
 from qformer_lite.video import InstructBlipVideoDecoder, InstructBlipVideoT5
 from qformer_lite.testing import (tiny_hf_blip2_opt_config, tiny_hf_instructblip_config,
@@ -28,17 +29,9 @@ def pair(request, tmp_path_factory):
     return request.param, hf, instructblipvideo_from_hf(folder)
 
 
-def hf_inputs(hf, ids, mask):
-    """transformers 5's input: one placeholder per query per frame before the prompt, the padding first."""
-    video = torch.full((ids.shape[0], F * Q), hf.config.video_token_index)
-    full_ids, full_mask = torch.cat([video, ids], 1), torch.cat([torch.ones_like(video), mask], 1)
-    order = torch.sort(full_mask, dim=1, stable=True).indices
-    return full_ids.gather(1, order), full_mask.gather(1, order)
-
-
-def t5_hf_inputs(hf, ids, mask):
-    video = torch.full((ids.shape[0], F * Q), hf.config.video_token_index)
-    return torch.cat([video, ids], 1), torch.cat([torch.ones_like(video), mask], 1)
+def hf_inputs(kind, hf, ids, mask):
+    """transformers 5's input: one placeholder per query per frame before the prompt."""
+    return placeholder_inputs(kind, ids, mask, F * Q, hf.config.video_token_index)
 
 
 def videos(batch, frames=F, seed=2):
@@ -90,48 +83,18 @@ def test_image_embeds_per_frame_give_what_pixel_values_give(pair):
 
 def test_logits_and_loss_equal_hf(pair):
     kind, hf, ours = pair
-    x, (q_ids, q_mask) = videos(3), instructions()
     ids, mask = prompts(kind)
-    with torch.no_grad():
-        if kind == "t5":
-            labels = torch.tensor([[5, 6, 1], [7, 1, -100], [8, 9, 1]])
-            hf_ids, hf_mask = t5_hf_inputs(hf, ids, mask)
-            want = hf(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=hf_ids,
-                      attention_mask=hf_mask, labels=labels)
-            got = ours(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=ids,
-                       attention_mask=mask, labels=labels)
-            torch.testing.assert_close(got.logits, want.logits, atol=1e-4, rtol=1e-4)
-        else:
-            full_ids, full_mask = hf_inputs(hf, ids, mask)
-            labels = ids.masked_fill(mask == 0, -100)
-            labels[:, :-1] = -100  # the last token is the one target
-            hf_labels = full_ids.masked_fill(full_mask == 0, -100)
-            hf_labels[:, :-1] = -100
-            want = hf(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=full_ids,
-                      attention_mask=full_mask, labels=hf_labels)
-            got = ours(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=ids,
-                       attention_mask=mask, labels=labels)
-            assert got.logits.shape == want.logits.shape  # F * Q soft tokens, then the prompt
-            real = full_mask.bool()
-            torch.testing.assert_close(got.logits[real], want.logits[real], atol=1e-4, rtol=1e-4)
+    got = assert_logits_and_loss_equal(kind, hf, ours, videos(3), instructions(), ids, mask,
+                                       *hf_inputs(kind, hf, ids, mask))  # F * Q soft tokens, then the prompt
     assert got.query_output.shape == (3, F, Q, hf.config.qformer_config.hidden_size)
-    torch.testing.assert_close(got.loss, want.loss, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generated_ids_equal_hf(pair, num_beams):
     kind, hf, ours = pair
-    x, (q_ids, q_mask) = videos(3), instructions()
     ids, mask = prompts(kind)
-    settings = dict(num_beams=num_beams, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    hf_ids, hf_mask = t5_hf_inputs(hf, ids, mask) if kind == "t5" else hf_inputs(hf, ids, mask)
-    want = hf.generate(pixel_values=x, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, input_ids=hf_ids,
-                       attention_mask=hf_mask, **settings)
-    got = ours.generate(x, ids, mask, qformer_input_ids=q_ids, qformer_attention_mask=q_mask, **settings)
-    if kind != "t5":
-        want = want[:, hf_ids.shape[1]:]  # HF returns the placeholders and the prompt first
-    assert torch.equal(got, want)
-
+    assert_generated_ids_equal(kind, hf, ours, videos(3), instructions(), ids, mask, *hf_inputs(kind, hf, ids, mask),
+                               num_beams)
 
 
 def test_without_a_prompt_ours_equals_hfs_default_which_assumes_4_frames(pair):
