@@ -43,8 +43,9 @@ from ..video import AveragedFramesT5, ConcatenatedFramesT5, VideoLlamaT5, VideoQ
 from . import cache
 from .checkpoint import query_only
 from .config import ClipConfig, MiniatureConfig
-from .data import COLOURS, GRID, SHAPES, CaptionSplit, DataConfig, ImagePool, Scene, ShapeObject, render, to_tensor
-from .standins import CaptionTokenizer, StandIns, encode_images, pretrain_t5
+from .data import (COLOURS, GRID, SHAPES, CaptionSplit, DataConfig, ImagePool, Scene, ShapeObject, hold_out, render,
+                   to_tensor)
+from .standins import CaptionTokenizer, StandIns, build_t5, encode_images, pretrain_t5
 from .trainer import fit, seeded
 
 DIRECTIONS = ("left", "right", "up", "down")
@@ -86,16 +87,9 @@ def reversed_caption(caption: str) -> str:
 
 def split_clip_captions(config: ClipConfig) -> CaptionSplit:
     """Hold out a random ``held_out_fraction`` of the moves and of the colour changes."""
-    rng = np.random.default_rng([config.split_seed, 29])
     captions = clip_captions()
-    train, test = [], []
-    for verb in ("moves", "turns"):
-        group = [c for c in captions if c.split()[3] == verb]
-        order = rng.permutation(len(group))
-        n_test = max(1, round(config.held_out_fraction * len(group)))
-        test += [group[i] for i in sorted(order[:n_test])]
-        train += [group[i] for i in sorted(order[n_test:])]
-    return CaptionSplit(train, test)
+    groups = [[c for c in captions if c.split()[3] == verb] for verb in ("moves", "turns")]
+    return hold_out(groups, config.held_out_fraction, np.random.default_rng([config.split_seed, 29]))
 
 
 def clip_scenes(caption: str, rng: np.random.Generator, config: DataConfig, frames: int = 4) -> list[Scene]:
@@ -178,8 +172,6 @@ def cached_clip_t5(config: MiniatureConfig, progress: bool = True, use_cache: bo
     """A fresh tiny T5 (chapter 6's sizes) pretrained to rebuild the training clips' captions from
     damaged copies, as chapter 6's stand-in was on image captions; read from the cache, or trained
     (and cached). Returns (model, history, from_cache)."""
-    from .standins import build_t5
-
     tokenizer = clip_tokenizer()
     captions = split_clip_captions(config.clips).train
     return cache.cached_training(

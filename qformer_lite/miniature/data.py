@@ -176,14 +176,19 @@ class CaptionSplit:
 
 def split_captions(config: DataConfig) -> CaptionSplit:
     """Hold out a random ``held_out_fraction`` of the one-object and of the two-object captions."""
-    rng = np.random.default_rng([config.split_seed, 7])
     captions = all_captions()
     singles = [c for c in captions if not any(f" {r} " in c for r in RELATIONS)]
     pairs = [c for c in captions if c not in set(singles)]
+    return hold_out((singles, pairs), config.held_out_fraction, np.random.default_rng([config.split_seed, 7]))
+
+
+def hold_out(groups, fraction: float, rng: np.random.Generator) -> CaptionSplit:
+    """A random ``fraction`` (at least one) of each group of captions held out, the rest for
+    training; both in the groups' order."""
     train, test = [], []
-    for group in (singles, pairs):
+    for group in groups:
         order = rng.permutation(len(group))
-        n_test = max(1, round(config.held_out_fraction * len(group)))
+        n_test = max(1, round(fraction * len(group)))
         test += [group[i] for i in sorted(order[:n_test])]
         train += [group[i] for i in sorted(order[n_test:])]
     return CaptionSplit(train, test)
