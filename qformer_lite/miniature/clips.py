@@ -45,6 +45,7 @@ from .checkpoint import query_only
 from .config import ClipConfig, MiniatureConfig
 from .data import (COLOURS, GRID, SHAPES, CaptionSplit, DataConfig, ImagePool, Scene, ShapeObject, hold_out, render,
                    to_tensor)
+from .evaluate import generate_captions
 from .standins import CaptionTokenizer, StandIns, build_t5, encode_images, pretrain_t5
 from .trainer import fit, seeded
 
@@ -231,19 +232,6 @@ def train_video(config: MiniatureConfig, model: Blip2T5, features: torch.Tensor,
     return fit(model.parameters(), optim, step, desc, progress)
 
 
-@torch.no_grad()
-def caption_clips(model: Blip2T5, tokenizer: CaptionTokenizer, features: torch.Tensor, num_beams: int = 5,
-                  max_new_tokens: int = 8, batch_size: int = 256) -> list[str]:
-    """The model's caption of every clip, from its frames' features (N, F, 1 + patches, C)."""
-    model.eval()
-    out = []
-    for i in range(0, len(features), batch_size):
-        ids = model.generate(image_embeds=features[i:i + batch_size], num_beams=num_beams,
-                             max_new_tokens=max_new_tokens)
-        out += tokenizer.batch_decode(ids)
-    return out
-
-
 def clip_scores(references: list[str], captions: list[str]) -> dict[str, float]:
     """``exact``: captions equal to the truth; ``direction``: moves whose direction is right;
     ``change``: colour changes whose two colours are right, in the right order; ``reversed``:
@@ -304,7 +292,7 @@ def video_runs(config: MiniatureConfig | None = None, kinds=KINDS, progress: boo
     for kind in kinds:
         model, history, hit = cached_video_run(kind, config, standins, t5, stage1.qformer, features, train.captions,
                                                progress, use_cache)
-        captions = caption_clips(model, tokenizer, test_features, config.num_beams)
+        captions = generate_captions(model, tokenizer, test_features, num_beams=config.num_beams, max_new_tokens=8)
         rows.append({"kind": kind, "model": model, "captions": captions,
                      "scores": clip_scores(test.captions, captions),
                      "tokens": llm_tokens(model, config.clips.frames, *features.shape[2:]),

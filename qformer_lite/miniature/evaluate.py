@@ -26,7 +26,8 @@ def generate_captions(
     model: Blip2T5, tokenizer: CaptionTokenizer, features: torch.Tensor | None = None,
     pixel_values: torch.Tensor | None = None, num_beams: int = 5, max_new_tokens: int = 12, batch_size: int = 256,
 ) -> list[str]:
-    """Captions of images given as encoder features (N, L, C) or as pixels (N, 3, H, W)."""
+    """Captions of images given as encoder features (N, L, C) or as pixels (N, 3, H, W); of
+    clips, as their frames' features (N, F, L, C), for a video model."""
     model.eval()
     source = features if features is not None else pixel_values
     if source is None:
