@@ -28,3 +28,36 @@ def test_the_captioning_benchmark_runs_small_and_finds_hfs_ids(lm, tmp_path, cap
     assert result["identical_token_ids_fraction"] == 1.0
     assert result["soft_prompt_max_abs_diff"] < 1e-5
     assert "ratio lite/hf" in capsys.readouterr().out
+
+
+def test_the_sweep_measures_each_variant_beside_the_defaults(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path / "cache"))  # restored after: --cache sets it
+    sweep = load("sweep_miniature")
+    out = tmp_path / "rows.json"
+    assert sweep.main(["--preset", "quick", "--cache", str(tmp_path / "cache"), "--json", str(out),
+                       "stage1.optim.steps=3,stage1.optim.lr=0.003"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows] == ["defaults", "stage1.optim.steps=3,stage1.optim.lr=0.003"]
+    defaults, variant = rows
+    assert defaults["stage1_s"] is not None and defaults["t5_s"] is not None  # trained
+    assert variant["t5_s"] is None and variant["image_encoder_s"] is None  # the stand-ins' settings are the defaults'
+    assert variant["stage1_s"] is not None and variant["stage2_s"] is not None  # a new stage 1, so a new stage 2
+    for row in rows:
+        assert 0.0 <= row["exact_match"] <= 1.0 and 0.0 <= row["recall_at_1"] <= 1.0
+    assert "stage1.optim.steps=3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("stage1.optim.stepz=3", "OptimConfig has no setting 'stepz'; it has steps"),
+    ("stage1=3", "MiniatureConfig.stage1 is a group of settings"),
+    ("seed.x=1", "MiniatureConfig.seed is a value, not a group of settings"),
+    ("stage1.optim.steps", "each setting must read name=value"),
+    ("stage1.optim.steps=0", "OptimConfig.steps must be a positive integer, got 0"),
+])
+def test_the_sweep_names_a_bad_setting(variant, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path))
+    sweep = load("sweep_miniature")
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--preset", "quick", "--cache", str(tmp_path), variant])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
