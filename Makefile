@@ -16,7 +16,7 @@ TEST_JOBS ?= 2
 EXECUTED := _test_book
 SOURCES  := _config.yml _toc.yml references.bib _vendor book notebooks
 
-.PHONY: install test unit notebooks book book-ja book-strict book-ja-strict clean test-lavis
+.PHONY: install test unit notebooks book book-ja book-strict book-ja-strict clean test-lavis test-colab
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,5 +83,32 @@ test-lavis: install $(LAVIS_VENV)/.installed
 	$(OFFLINE) $(LAVIS_VENV)/bin/python tests/lavis/reference.py $(LAVIS_REF)
 	$(OFFLINE) LAVIS_REFERENCE=$(CURDIR)/$(LAVIS_REF) $(BIN)/python -m pytest tests/test_lavis_parity.py -v -s -rs
 
+# Optional: the tests and every chapter on Colab's versions (tests/colab/README.md).
+COLAB_VENV   := .venv-colab
+COLAB_BOOK   := _test_colab
+PYTHON_COLAB ?= python3.13
+# the chapters whose first cell installs transformers; the others run on Colab's own
+WITH_HF := $(notdir $(shell grep -l 'transformers>=' notebooks/*.ipynb))
+NO_HF   := $(filter-out $(WITH_HF),$(notdir $(wildcard notebooks/*.ipynb)))
+
+$(COLAB_VENV)/.installed: tests/colab/requirements.txt pyproject.toml
+	test -x $(COLAB_VENV)/bin/python || $(PYTHON_COLAB) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COLAB_VENV)/bin/python -m pip install -q -r tests/colab/requirements.txt
+	$(COLAB_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(COLAB_VENV)/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	touch $@
+
+test-colab: $(COLAB_VENV)/.installed
+	$(COLAB_VENV)/bin/python -m pip install -q -r tests/colab/requirements.txt  # back to Colab's transformers
+	$(OFFLINE) $(COLAB_VENV)/bin/python -m pytest -n $(TEST_JOBS) -p no:cacheprovider tests
+	rm -rf $(COLAB_BOOK) && mkdir -p $(COLAB_BOOK) && cp -r $(SOURCES) $(COLAB_BOOK)/
+	QFORMER_LITE_CACHE=$(CURDIR)/$(COLAB_BOOK)/cache $(STRICT) $(COLAB_VENV)/bin/python -m pytest \
+	  -p no:cacheprovider --nbmake --nbmake-timeout=600 $(addprefix $(COLAB_BOOK)/notebooks/,$(NO_HF))
+	$(COLAB_VENV)/bin/python -m pip install -q "transformers>=5.20"
+	QFORMER_LITE_CACHE=$(CURDIR)/$(COLAB_BOOK)/cache $(STRICT) $(COLAB_VENV)/bin/python -m pytest \
+	  -p no:cacheprovider --nbmake --nbmake-timeout=600 $(addprefix $(COLAB_BOOK)/notebooks/,$(WITH_HF))
+	$(COLAB_VENV)/bin/python -m pip list 2>/dev/null | grep -E -i '^(torch|transformers|timm|numpy|ipywidgets) '
+
 clean:
-	rm -rf _build ja/_build $(EXECUTED) .pytest_cache
+	rm -rf _build ja/_build $(EXECUTED) $(COLAB_BOOK) .pytest_cache
