@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         config = base
         try:
             for key, value in parse_variant(text).items():
-                config = override(config, key, value)
-            config.__post_init__()  # the checks a config runs when it is built
+                config = override(config, key, value)  # each group's checks run as it is rebuilt
         except (TypeError, ValueError) as err:
             parser.error(f"variant {text!r}: {err}")
         variants.append((text, config))
