@@ -61,3 +61,35 @@ def test_the_sweep_names_a_bad_setting(variant, message, tmp_path, capsys, monke
         sweep.main(["--preset", "quick", "--cache", str(tmp_path), variant])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_rank_of_the_two_process_stage_1_alone_computes_lavis_loss():
+    """With a world of one (the gather returns what it is given), a rank's losses are those of
+    ``QFormerPretraining.forward``, hard negatives included: the same draws from the same
+    generator."""
+    import torch
+    from qformer_lite.miniature.config import MiniatureConfig
+    from qformer_lite.pretraining import QFormerPretraining
+
+    bench = load("bench_stage1_two_processes")
+    config = MiniatureConfig.quick().qformer
+    torch.manual_seed(0)
+    model = QFormerPretraining(config).train()
+    features = torch.randn(12, 10, config.encoder_hidden_size)
+    ids = torch.randint(7, config.vocab_size, (12, 9))
+    ids[:, 0] = 3
+    mask = torch.ones_like(ids)
+    mask[::3, -3:] = 0
+    idx = torch.tensor([5, 0, 7, 2, 9, 11, 1, 3])
+    ours = bench.rank_losses(model, features, ids, mask, idx, 0, 1, 5, torch.Generator().manual_seed(4), 1e-4,
+                             lambda x: x)
+    theirs = model(features[idx], ids[idx], mask[idx], dec_token_id=5, generator=torch.Generator().manual_seed(4)).loss
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours.item(), theirs.item())
+
+
+def test_the_two_process_stage_1_runs_small(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path))
+    bench = load("bench_stage1_two_processes")
+    assert bench.main(["--preset", "quick"]) == 0
+    out = capsys.readouterr().out
+    assert "one process, 2 threads" in out and "two processes, 1 thread each" in out
