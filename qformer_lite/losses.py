@@ -80,20 +80,33 @@ def itc_loss_from_features(
     return _two_way_loss(sim_i2t, sim_t2i, temp, label_smoothing)
 
 
-def negative_weights(sim_i2t: torch.Tensor, temp: torch.Tensor | float = 1.0, floor: float = 1e-4) -> torch.Tensor:
+def negative_weights(
+    sim_i2t: torch.Tensor, temp: torch.Tensor | float = 1.0, floor: float = 1e-4,
+    positives: torch.Tensor | None = None,
+) -> torch.Tensor:
     """For each row (an image), the probability of drawing each column (a text) as its
     negative: the softmax of sim / temp over the whole row, plus ``floor``, with the positive
     (diagonal) set to exactly 0, renormalised (``torch.multinomial`` would do the same).
 
     ``floor=1e-4`` is LAVIS 1.0.2; ``floor=0`` is LAVIS's main branch (the positive masked
     before the softmax), the same numbers as a softmax over the other columns only.
-    ``negative_weights(sim.t(), temp)`` gives the texts' weights over images."""
-    if sim_i2t.dim() != 2 or sim_i2t.shape[0] != sim_i2t.shape[1]:
-        raise ValueError(f"sim_i2t must be a square (B, B) matrix, got {tuple(sim_i2t.shape)}")
+    ``negative_weights(sim.t(), temp)`` gives the texts' weights over images.
+
+    ``positives`` (b,): the column of each row's positive, for one process's b rows against
+    the whole batch of B columns, as LAVIS has them on several GPUs (rank * b + i); None: the
+    diagonal of a square matrix."""
+    if positives is None:
+        if sim_i2t.dim() != 2 or sim_i2t.shape[0] != sim_i2t.shape[1]:
+            raise ValueError(f"sim_i2t must be a square (B, B) matrix, got {tuple(sim_i2t.shape)}")
+        positives = torch.arange(sim_i2t.shape[0], device=sim_i2t.device)
+    elif sim_i2t.dim() != 2 or positives.shape != (sim_i2t.shape[0],):
+        raise ValueError(f"positives must name one column per row of sim_i2t (b, B): got positives of shape "
+                         f"{tuple(positives.shape)} for sim_i2t of shape {tuple(sim_i2t.shape)}")
     if floor < 0:
         raise ValueError(f"floor must be >= 0, got {floor}")
-    positive = torch.eye(sim_i2t.shape[0], dtype=torch.bool, device=sim_i2t.device)
-    logits = (sim_i2t / temp).float()  # (B, B)
+    positive = torch.zeros(sim_i2t.shape, dtype=torch.bool, device=sim_i2t.device)
+    positive[torch.arange(sim_i2t.shape[0], device=sim_i2t.device), positives] = True  # (b, B)
+    logits = (sim_i2t / temp).float()  # (b, B)
     if floor == 0:  # main branch; masking first stays exact where the positive takes all the mass
         return logits.masked_fill(positive, float("-inf")).softmax(dim=1)
     weights = (logits.softmax(dim=1) + floor).masked_fill(positive, 0.0)  # 1.0.2

@@ -2,22 +2,19 @@
 both editions: a change to ``connector_world`` or to the miniature's defaults must reach the
 sentences that describe them."""
 
-import json
 import re
-from pathlib import Path
 
 import pytest
+from test_book import ROOT, load, source
 
 from qformer_lite.miniature.compare import connector_world
 from qformer_lite.miniature.config import MiniatureConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "notebooks/09_why_a_qformer.ipynb"
 
 
-def prose(path: Path) -> str:
-    cells = json.loads(path.read_text())["cells"]
-    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown").replace("\n", " ")
+def prose(path) -> str:
+    return " ".join(source(c) for c in load(path)["cells"] if c["cell_type"] == "markdown").replace("\n", " ")
 
 
 def expected() -> dict[str, int]:

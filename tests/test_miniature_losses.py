@@ -307,3 +307,16 @@ def test_forward_uses_lavis_choices_and_can_be_told_otherwise():
     both = model(*args, dec_token_id=2, generator=torch.Generator().manual_seed(0), itc_both_sides=True)
     assert out.loss_itc.item() == pytest.approx(both.loss_itc.item(), abs=1e-6)
     assert torch.equal(out.neg_image, both.neg_image)
+
+
+def test_negative_weights_of_one_process_rows_against_the_whole_batch():
+    """LAVIS on several GPUs: each process's b rows against all B columns, the positive of row
+    i at column rank * b + i. The rows are those of the square matrix's weights."""
+    torch.manual_seed(3)
+    sim, temp = torch.randn(6, 6), 0.3
+    for floor in (1e-4, 0.0):
+        whole = losses.negative_weights(sim, temp, floor=floor)
+        rank1 = losses.negative_weights(sim[3:], temp, floor=floor, positives=torch.arange(3, 6))
+        assert torch.allclose(rank1, whole[3:], atol=1e-7)
+    with pytest.raises(ValueError, match="one column per row"):
+        losses.negative_weights(sim[3:], temp, positives=torch.arange(2))
