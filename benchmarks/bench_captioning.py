@@ -7,7 +7,7 @@ tokens at 224 px), the BLIP-2 Q-Former (768 wide, 12 layers, 32 queries) and Fla
 shared embeddings, as in the checkpoint (a T5 built from a config ties them). ``Blip2T5`` is
 made from the HF model by ``blip2_t5_from_hf``, so both share the vision encoder and T5
 weights and differ only in the Q-Former code. The Q-Former runs in float32 in both, the rest
-in ``--dtype``.
+in ``--dtype`` (InstructBLIP: see below).
 
 Generation uses LAVIS's defaults (5 beams, an empty prompt) and writes exactly
 ``--new-tokens`` tokens (min = max) so both variants do the same work. Each repeat times
@@ -22,9 +22,22 @@ by ``blip2_opt_from_hf``; float16 by default, as LAVIS runs OPT. HF's input is i
 ``num_query_tokens`` placeholders and ``</s>``; ``Blip2OPT`` takes nothing (``</s>`` is its
 empty prompt), and the ids compared are the new tokens of each.
 
-    python benchmarks/bench_captioning.py --device cuda            # bf16, BLIP-2 size
-    python benchmarks/bench_captioning.py --device cuda --lm opt   # fp16, OPT-2.7B
-    python benchmarks/bench_captioning.py --smoke [--lm opt]       # CPU, a small model
+With ``--instruct`` the model is InstructBLIP-Flan-T5-XL (``Salesforce/instructblip-flan-t5-xl``'s
+architecture, ``qformer_lite.testing.instructblip_flan_t5_xl_config``): HF's
+``InstructBlipForConditionalGeneration`` against ``InstructBlipT5``, made by
+``instructblip_from_hf``. Every image comes with the same instruction, of about the length of
+"What is unusual about this image?": 10 tokens in the Q-Former's (BERT's) vocabulary, read
+with the queries, and 10 in T5's, after them. HF's input is its placeholders, then the
+instruction's T5 tokens. Each Q-Former runs in the precision its loader gives it: HF keeps only
+the query tokens in float32 when it reads InstructBLIP in 16 bits (its Q-Former, which does not
+cast the image features, cannot run in float32 beside a 16-bit encoder), while
+``instructblip_from_hf`` keeps the Q-Former in float32. In 16 bits the soft prompts differ by
+that rounding, and the ids may too; in float32 (``--smoke``) they are the same.
+
+    python benchmarks/bench_captioning.py --device cuda              # bf16, BLIP-2 size
+    python benchmarks/bench_captioning.py --device cuda --lm opt     # fp16, OPT-2.7B
+    python benchmarks/bench_captioning.py --device cuda --instruct   # bf16, InstructBLIP-Flan-T5-XL
+    python benchmarks/bench_captioning.py --smoke [--lm opt | --instruct]  # CPU, a small model
 """
 
 from __future__ import annotations
@@ -39,15 +52,19 @@ import torch
 IMAGE_TOKEN = 32100  # any id of the vocabulary: HF's placeholders for the 32 queries
 
 
-def full_size_config(lm="t5"):
-    from qformer_lite.testing import flan_t5_xl_blip2_config, opt_2_7b_blip2_config
+def full_size_config(lm="t5", instruct=False):
+    from qformer_lite.testing import flan_t5_xl_blip2_config, instructblip_flan_t5_xl_config, opt_2_7b_blip2_config
 
+    if instruct:
+        return instructblip_flan_t5_xl_config(image_token_index=IMAGE_TOKEN)
     return opt_2_7b_blip2_config() if lm == "opt" else flan_t5_xl_blip2_config(image_token_id=IMAGE_TOKEN)
 
 
-def smoke_config(lm="t5"):
-    from qformer_lite.testing import tiny_hf_blip2_config, tiny_hf_blip2_opt_config
+def smoke_config(lm="t5", instruct=False):
+    from qformer_lite.testing import tiny_hf_blip2_config, tiny_hf_blip2_opt_config, tiny_hf_instructblip_config
 
+    if instruct:
+        return tiny_hf_instructblip_config("t5")  # its placeholder: the last id of T5's vocabulary
     if lm == "opt":
         return tiny_hf_blip2_opt_config()
     cfg = tiny_hf_blip2_config(text_input=False)
@@ -55,30 +72,45 @@ def smoke_config(lm="t5"):
     return cfg
 
 
-def build(cfg, device, dtype, seed=0, lm="t5"):
-    from transformers import Blip2ForConditionalGeneration
+def build(cfg, device, dtype, seed=0, lm="t5", instruct=False):
+    from transformers import Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration
 
-    from qformer_lite.hf import blip2_opt_from_hf, blip2_t5_from_hf
+    from qformer_lite.hf import blip2_opt_from_hf, blip2_t5_from_hf, instructblip_from_hf
     from qformer_lite.testing import untie_lm_head_
 
     torch.manual_seed(seed)
     with torch.device(device):
-        hf = Blip2ForConditionalGeneration(cfg)
+        hf = (InstructBlipForConditionalGeneration if instruct else Blip2ForConditionalGeneration)(cfg)
         if lm == "t5":
             untie_lm_head_(hf)  # Flan-T5-XL's head is its own, not the shared embeddings
     with torch.no_grad():
         hf.query_tokens.normal_(0.0, 0.02)  # HF starts them at zero; make them matter
     hf.to(dtype)
-    hf.qformer.float()  # as from_pretrained keeps it (_keep_in_fp32_modules)
+    if not instruct:  # from_pretrained keeps BLIP-2's Q-Former in float32, InstructBLIP's query tokens only
+        hf.qformer.float()
     if dtype == torch.float16 and lm == "t5":  # and T5's feed-forward output layers, which overflow in fp16
         for name, module in hf.language_model.named_modules():
             if name.endswith(".wo"):
                 module.float()
     hf.query_tokens.data = hf.query_tokens.data.float()
     hf.eval()
-    load = blip2_opt_from_hf if lm == "opt" else blip2_t5_from_hf
+    load = instructblip_from_hf if instruct else blip2_opt_from_hf if lm == "opt" else blip2_t5_from_hf
     lite = load(hf, device=device)  # shares the vision encoder and the language model with hf
     return hf, lite
+
+
+def instruction(cfg, batch, device, length=10, seed=3):
+    """One instruction for every image, in the Q-Former's tokens ([CLS] words [SEP]) and in
+    T5's (words </s>), none of them padding or the image placeholder: (q_ids, q_mask, ids, mask)."""
+    gen = torch.Generator().manual_seed(seed)
+    q_vocab = cfg.qformer_config.vocab_size
+    cls_sep = torch.tensor([101, 102] if q_vocab > 102 else [1, 2])  # BERT's, or the small model's
+    q_words = torch.randint(3, q_vocab, (length - 2,), generator=gen)
+    q_ids = torch.cat([cls_sep[:1], q_words, cls_sep[1:]])
+    words = torch.randint(3, min(cfg.image_token_index, cfg.text_config.vocab_size), (length - 1,), generator=gen)
+    ids = torch.cat([words, torch.tensor([cfg.text_config.eos_token_id])])
+    q_ids, ids = q_ids.repeat(batch, 1).to(device), ids.repeat(batch, 1).to(device)
+    return q_ids, torch.ones_like(q_ids), ids, torch.ones_like(ids)
 
 
 def sync(device):
@@ -95,24 +127,46 @@ def main(argv=None):
     p.add_argument("--new-tokens", type=int, default=30)
     p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--lm", default="t5", choices=["t5", "opt"], help="Flan-T5-XL (default) or OPT-2.7B")
+    p.add_argument("--instruct", action="store_true", help="InstructBLIP-Flan-T5-XL instead of BLIP-2")
     p.add_argument("--smoke", action="store_true", help="a small model on the CPU, to check the script runs")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
+    if args.instruct and args.lm != "t5":
+        p.error("--instruct measures InstructBLIP-Flan-T5-XL: leave --lm at t5")
     if args.smoke:
         args.device, args.batch, args.repeats, args.new_tokens = "cpu", 4, 3, 8
     on_gpu = "float16" if args.lm == "opt" else "bfloat16"  # LAVIS: OPT in float16, T5 in bfloat16
     dtype = getattr(torch, args.dtype or (on_gpu if args.device == "cuda" else "float32"))
 
-    cfg = smoke_config(args.lm) if args.smoke else full_size_config(args.lm)
+    cfg = smoke_config(args.lm, args.instruct) if args.smoke else full_size_config(args.lm, args.instruct)
     t0 = time.perf_counter()
-    hf, lite = build(cfg, args.device, dtype, lm=args.lm)
+    hf, lite = build(cfg, args.device, dtype, lm=args.lm, instruct=args.instruct)
     build_s = time.perf_counter() - t0
     size = cfg.vision_config.image_size
     pixels = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     pixels = pixels.to(args.device, dtype)
     gen = dict(num_beams=args.beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
 
-    if args.lm == "opt":  # transformers 5: one placeholder per query, then OPT's </s>
+    if args.instruct:  # transformers 5: one placeholder per query, then the instruction in T5's tokens
+        q_ids, q_mask, ids, mask = instruction(cfg, args.batch, args.device)
+        holders = torch.full((args.batch, cfg.num_query_tokens), cfg.image_token_index, device=args.device)
+        hf_ids, hf_mask = torch.cat([holders, ids], 1), torch.cat([torch.ones_like(holders), mask], 1)
+        reads = dict(qformer_input_ids=q_ids, qformer_attention_mask=q_mask)
+
+        def run_hf():
+            return hf.generate(pixel_values=pixels, input_ids=hf_ids, attention_mask=hf_mask, **reads, **gen)
+
+        def run_lite():
+            return lite.generate(pixels, ids, mask, **reads, **gen)
+
+        def run_qformer_hf():
+            with torch.no_grad():
+                return hf.get_image_features(pixels, **reads).pooler_output
+
+        def run_qformer_lite():
+            with torch.no_grad():
+                return lite.image_prefix(pixels, **reads)[0]
+    elif args.lm == "opt":  # transformers 5: one placeholder per query, then OPT's </s>
         holders = [cfg.image_token_index] * cfg.num_query_tokens + [cfg.text_config.bos_token_id]
         hf_ids = torch.tensor([holders] * args.batch, device=args.device)
 
@@ -121,17 +175,17 @@ def main(argv=None):
     else:
         def run_hf():
             return hf.generate(pixel_values=pixels, **gen)  # HF puts q placeholders + </s> in front itself
+    if not args.instruct:
+        def run_lite():
+            return lite.generate(pixels, **gen)
 
-    def run_lite():
-        return lite.generate(pixels, **gen)
+        def run_qformer_hf():
+            with torch.no_grad():
+                return hf.get_image_features(pixels).pooler_output
 
-    def run_qformer_hf():
-        with torch.no_grad():
-            return hf.get_image_features(pixels).pooler_output
-
-    def run_qformer_lite():
-        with torch.no_grad():
-            return lite.image_prefix(pixels)[0]
+        def run_qformer_lite():
+            with torch.no_grad():
+                return lite.image_prefix(pixels)[0]
 
     variants = {"hf": run_hf, "lite": run_lite, "hf-again": run_hf}  # hf-again: the noise floor
     prefixes = {"hf": run_qformer_hf, "lite": run_qformer_lite, "hf-again": run_qformer_hf}
@@ -165,7 +219,8 @@ def main(argv=None):
     ips = {v: args.batch / statistics.median(t) for v, t in times.items()}
     pairwise = {v: statistics.median(h / t for h, t in zip(times["hf"], times[v])) for v in variants}
     result = {
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "language_model": args.lm,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "model": "InstructBLIP" if args.instruct else "BLIP-2", "language_model": args.lm,
         "dtype": str(dtype).removeprefix("torch."), "batch": args.batch, "beams": args.beams,
         "new_tokens": args.new_tokens, "repeats": args.repeats, "build_seconds": build_s,
         "images_per_second": ips, "ratio_lite_over_hf": ips["lite"] / ips["hf"],

@@ -57,6 +57,23 @@ def opt_2_7b_blip2_config(image_token_index: int = 50265):
     )
 
 
+def instructblip_flan_t5_xl_config(image_token_index: int = 32100):
+    """The architecture of ``Salesforce/instructblip-flan-t5-xl`` as an HF
+    ``InstructBlipConfig``, to build with random weights (no download): the vision encoder and
+    Flan-T5-XL of ``flan_t5_xl_blip2_config``, and HF's InstructBLIP Q-Former defaults (BERT-base
+    with its text parts: 768 wide, 12 layers, cross-attention every second layer, 512 positions)
+    with LAVIS's 30523 words (BERT's and ``[DEC]``), 32 queries. ``image_token_index``: the placeholder id transformers 5 expects, one per
+    query, before the prompt in ``input_ids``. As there, ``untie_lm_head_`` gives the built
+    model's T5 its own head."""
+    from transformers import InstructBlipConfig, InstructBlipQFormerConfig, InstructBlipVisionConfig
+
+    t5 = flan_t5_xl_blip2_config().text_config
+    return InstructBlipConfig(
+        vision_config=InstructBlipVisionConfig().to_dict(), qformer_config=InstructBlipQFormerConfig(vocab_size=30523).to_dict(),
+        text_config=t5.to_dict(), num_query_tokens=32, image_token_index=image_token_index,
+    )
+
+
 def untie_lm_head_(model: nn.Module) -> nn.Module:
     """Give T5's ``lm_head`` a weight of its own (a copy of the shared embeddings), as Flan-T5's
     checkpoints have. ``model``: a ``Blip2ForConditionalGeneration`` or a T5 built from a

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,16 +19,41 @@ def load(name):
     return module
 
 
-@pytest.mark.parametrize("lm", ["t5", "opt"])
-def test_the_captioning_benchmark_runs_small_and_finds_hfs_ids(lm, tmp_path, capsys):
+@pytest.mark.parametrize("lm, model", [("t5", "BLIP-2"), ("opt", "BLIP-2"), ("t5", "InstructBLIP")])
+def test_the_captioning_benchmark_runs_small_and_finds_hfs_ids(lm, model, tmp_path, capsys):
     bench = load("bench_captioning")
     out = tmp_path / "result.json"
-    bench.main(["--smoke", "--lm", lm, "--repeats", "1", "--json", str(out)])
+    instruct = ["--instruct"] if model == "InstructBLIP" else []
+    bench.main(["--smoke", "--lm", lm, *instruct, "--repeats", "1", "--json", str(out)])
     result = json.loads(out.read_text())
-    assert result["language_model"] == lm and result["device"] == "cpu"
+    assert result["model"] == model and result["language_model"] == lm and result["device"] == "cpu"
     assert result["identical_token_ids_fraction"] == 1.0
     assert result["soft_prompt_max_abs_diff"] < 1e-5
     assert "ratio lite/hf" in capsys.readouterr().out
+
+
+def test_the_captioning_benchmark_measures_instructblip_with_flan_t5_only(capsys):
+    bench = load("bench_captioning")
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--smoke", "--lm", "opt", "--instruct"])
+    assert exit_.value.code == 2
+    assert "--instruct measures InstructBLIP-Flan-T5-XL: leave --lm at t5" in capsys.readouterr().err
+
+
+def test_the_full_size_instructblip_is_flan_t5_xls_architecture():
+    from transformers import InstructBlipForConditionalGeneration
+
+    from qformer_lite.testing import untie_lm_head_
+
+    cfg = load("bench_captioning").full_size_config("t5", instruct=True)
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = untie_lm_head_(InstructBlipForConditionalGeneration(cfg))
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert cfg.num_query_tokens == 32 and cfg.qformer_config.cross_attention_frequency == 2
+    assert count(model.vision_model) == 985_952_256  # EVA ViT-g/14, as in BLIP-2
+    # BLIP-2's Q-Former with its text parts, word and position embeddings, and the 32 queries
+    assert count(model.qformer) + model.query_tokens.numel() == 185_684_736
+    assert count(model.language_model) == 2_849_757_184  # Flan-T5-XL, with its own lm_head
 
 
 def test_the_sweep_measures_each_variant_beside_the_defaults(tmp_path, capsys, monkeypatch):
