@@ -247,3 +247,34 @@ def test_a_run_without_the_cache_trains_everything_writes_nothing_and_evaluates(
     assert cached.stage2_history["seconds"][0] > 0  # the training's wall time, cached with it
     assert {k: v for k, v in cached.metrics.items() if k != "from_cache"} == {
         k: v for k, v in cold.metrics.items() if k != "from_cache"}
+
+
+# Two processes need one entry: the first trains it (slowly), the second waits on its lock
+TRAIN_ONE_ENTRY = """
+import sys, time
+from pathlib import Path
+from torch import nn
+from qformer_lite.miniature import cache
+
+def train():
+    with open(sys.argv[2], "a") as calls:
+        calls.write("trained\\n")
+    time.sleep(1.5)
+    return nn.Linear(3, 2), {"loss": [1.0]}
+
+_, _, hit = cache.cached_training(Path(sys.argv[1]), nn.Linear(3, 2), train)
+print("read" if hit else "trained")
+"""
+
+
+def test_two_processes_that_need_one_entry_train_it_once(tmp_path):
+    import subprocess
+    import sys
+
+    calls = tmp_path / "calls.txt"
+    runs = [subprocess.Popen([sys.executable, "-c", TRAIN_ONE_ENTRY, str(tmp_path / "entry"), str(calls)],
+                             stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    printed = sorted(run.communicate(timeout=120)[0].strip() for run in runs)
+    assert [run.returncode for run in runs] == [0, 0]
+    assert calls.read_text() == "trained\n"  # one training, not two
+    assert printed == ["read", "trained"]

@@ -5,7 +5,9 @@
 directory. Each entry is a folder named by a hash of everything that decides its contents
 (configs and seed), so changing a setting builds a new entry instead of reusing a stale one.
 Entries are written to a temporary folder and renamed into place: an interrupted build leaves
-no half-written entry behind.
+no half-written entry behind. While one process builds an entry it holds a lock on it, so that
+a second process that needs the same entry (two chapters run at once) waits and reads it
+instead of training it again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -105,6 +108,23 @@ def complete(folder: Path, names: tuple[str, ...]) -> bool:
     return folder.is_dir() and all((folder / n).is_file() for n in names)
 
 
+@contextmanager
+def building(folder: Path):
+    """Held while this process reads or builds the entry ``folder``; another process waits here
+    for it. Where ``fcntl`` is missing (Windows) or the cache cannot be written, it holds nothing."""
+    try:
+        import fcntl
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.parent / f".{folder.name}.lock", "w")
+    except (ImportError, OSError):
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def cached_training(
     folder: Path, module: nn.Module, train: Callable[[], tuple[nn.Module, object]], use_cache: bool = True,
     trainable_only: bool = False,
@@ -115,8 +135,15 @@ def cached_training(
     ``trainable_only``: the entry holds only the parameters that require grad (stage 2, whose
     frozen encoder and T5 are cached on their own). Returns (module, history, from_cache).
     """
+    if not use_cache:
+        return *train(), False
+    with building(folder):
+        return _read_or_train(folder, module, train, trainable_only)
+
+
+def _read_or_train(folder, module, train, trainable_only):
     names = ("model.safetensors", "history.json")
-    if use_cache and complete(folder, names):
+    if complete(folder, names):
         state = load_file(str(folder / names[0]))
         needed = {k for k, p in module.named_parameters() if p.requires_grad} if trainable_only else None
         try:
@@ -128,14 +155,14 @@ def cached_training(
             raise ValueError(f"cache entry {folder} does not fit this model: missing {missing}, unexpected {unexpected}")
         return module, json.loads((folder / names[1]).read_text()), True
     module, history = train()
-    if use_cache:
-        def fill(d: Path) -> None:
-            if trainable_only:
-                state = {k: p.detach().contiguous() for k, p in module.named_parameters() if p.requires_grad}
-                save_file(state, str(d / names[0]))
-            else:
-                save_module(module, d)
-            (d / names[1]).write_text(json.dumps(history))
 
-        write_atomically(folder, fill)
+    def fill(d: Path) -> None:
+        if trainable_only:
+            state = {k: p.detach().contiguous() for k, p in module.named_parameters() if p.requires_grad}
+            save_file(state, str(d / names[0]))
+        else:
+            save_module(module, d)
+        (d / names[1]).write_text(json.dumps(history))
+
+    write_atomically(folder, fill)
     return module, history, False
