@@ -17,7 +17,7 @@ TEST_JOBS ?= 2
 EXECUTED := _test_book
 SOURCES  := _config.yml _toc.yml references.bib _vendor book notebooks
 NOTEBOOKS = OMP_NUM_THREADS=$(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 1) // $(TEST_JOBS)))") \
-	$(STRICT) $(BIN)/python -m pytest -n $(TEST_JOBS) --nbmake --nbmake-timeout=600 --overwrite
+	$(STRICT) $(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal --nbmake --nbmake-timeout=600 --overwrite
 NO_EXECUTION := $(BIN)/python -c "import sys, yaml; p = sys.argv[1]; c = yaml.safe_load(open(p)); \
 	c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open(p, 'w'), allow_unicode=True)"
 
