@@ -13,11 +13,13 @@ TEST_JOBS ?= 2
 # make test executes each chapter once, under nbmake, in a copy of the book (not under _build/,
 # which nbmake skips), and renders both editions from those runs with execution off. The
 # chapters run TEST_JOBS at a time, each with its share of the cores: a chapter that needs a
-# model another is training waits for it (miniature/cache.py), then reads it. The longest
-# chapter goes first; a worker that runs out of chapters takes some of the other's.
+# model another is training waits for it (miniature/cache.py), then reads it. Work stealing
+# gives the first worker the first half of the list and the second the rest, and never takes a
+# worker's last queued chapter: the two longest chapters open the first half, so that neither
+# waits at the end behind the other.
 EXECUTED := _test_book
 SOURCES  := _config.yml _toc.yml references.bib _vendor book notebooks
-LONGEST  := 09_why_a_qformer.ipynb
+LONGEST  := 09_why_a_qformer.ipynb 12_video_qformer.ipynb
 CHAPTERS := $(LONGEST) $(filter-out $(LONGEST),$(sort $(notdir $(wildcard notebooks/*.ipynb))))
 NOTEBOOKS = OMP_NUM_THREADS=$(shell $(PYTHON) -c "import os; print(max(1, (os.cpu_count() or 1) // $(TEST_JOBS)))") \
 	$(STRICT) $(BIN)/python -m pytest -n $(TEST_JOBS) --dist worksteal --nbmake --nbmake-timeout=600 --overwrite
