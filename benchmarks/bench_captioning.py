@@ -147,25 +147,15 @@ def main(argv=None):
     pixels = pixels.to(args.device, dtype)
     gen = dict(num_beams=args.beams, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
 
+    reads, prompt = {}, ()  # what InstructBLIP's Q-Former and T5 read besides the image
     if args.instruct:  # transformers 5: one placeholder per query, then the instruction in T5's tokens
         q_ids, q_mask, ids, mask = instruction(cfg, args.batch, args.device)
+        reads, prompt = dict(qformer_input_ids=q_ids, qformer_attention_mask=q_mask), (ids, mask)
         holders = torch.full((args.batch, cfg.num_query_tokens), cfg.image_token_index, device=args.device)
         hf_ids, hf_mask = torch.cat([holders, ids], 1), torch.cat([torch.ones_like(holders), mask], 1)
-        reads = dict(qformer_input_ids=q_ids, qformer_attention_mask=q_mask)
 
         def run_hf():
             return hf.generate(pixel_values=pixels, input_ids=hf_ids, attention_mask=hf_mask, **reads, **gen)
-
-        def run_lite():
-            return lite.generate(pixels, ids, mask, **reads, **gen)
-
-        def run_qformer_hf():
-            with torch.no_grad():
-                return hf.get_image_features(pixels, **reads).pooler_output
-
-        def run_qformer_lite():
-            with torch.no_grad():
-                return lite.image_prefix(pixels, **reads)[0]
     elif args.lm == "opt":  # transformers 5: one placeholder per query, then OPT's </s>
         holders = [cfg.image_token_index] * cfg.num_query_tokens + [cfg.text_config.bos_token_id]
         hf_ids = torch.tensor([holders] * args.batch, device=args.device)
@@ -175,17 +165,17 @@ def main(argv=None):
     else:
         def run_hf():
             return hf.generate(pixel_values=pixels, **gen)  # HF puts q placeholders + </s> in front itself
-    if not args.instruct:
-        def run_lite():
-            return lite.generate(pixels, **gen)
 
-        def run_qformer_hf():
-            with torch.no_grad():
-                return hf.get_image_features(pixels).pooler_output
+    def run_lite():
+        return lite.generate(pixels, *prompt, **reads, **gen)
 
-        def run_qformer_lite():
-            with torch.no_grad():
-                return lite.image_prefix(pixels)[0]
+    def run_qformer_hf():
+        with torch.no_grad():
+            return hf.get_image_features(pixels, **reads).pooler_output
+
+    def run_qformer_lite():
+        with torch.no_grad():
+            return lite.image_prefix(pixels, **reads)[0]
 
     variants = {"hf": run_hf, "lite": run_lite, "hf-again": run_hf}  # hf-again: the noise floor
     prefixes = {"hf": run_qformer_hf, "lite": run_qformer_lite, "hf-again": run_qformer_hf}

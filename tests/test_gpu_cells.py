@@ -19,16 +19,6 @@ from hf_helpers import build
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def gpu_cell(chapter: str, edition: str = "") -> str:
-    """The code cell of a chapter that decides ``FULL`` (a GPU and the network) and loads the hub's model."""
-    path = ROOT / edition / "notebooks" / chapter
-    cells = json.loads(path.read_text())["cells"]
-    found = [src for c in cells if c["cell_type"] == "code"
-             for src in ["".join(c["source"])] if "FULL = " in src and "from_pretrained(" in src]
-    assert len(found) == 1, f"{path} should have one GPU cell, found {len(found)}"
-    return found[0]
-
-
 def on_the_cpu(cell: str, replacements: dict) -> str:
     """The cell with each key replaced by its value; each key must be in the cell, so that a
     change of the cell cannot leave this test checking nothing."""
@@ -207,7 +197,7 @@ def test_chapter_11s_gpu_cell_finds_hfs_ids_in_float16(tiny_instructblip, editio
 
     from qformer_lite.hf import instructblip_from_hf
 
-    cell = on_the_cpu(gpu_cell("11_instructblip.ipynb", edition), {
+    cell = on_the_cpu(code_cells("11_instructblip.ipynb", "FULL = ", edition=edition)[0], {
         "torch.cuda.is_available() and hub_reachable()": "True",
         '"Salesforce/instructblip-flan-t5-xl"': repr(str(tiny_instructblip)),
         '"cuda"': '"cpu"',
