@@ -182,19 +182,32 @@ def randomize_weights_(model: nn.Module, seed: int = 0, std: float = 0.1) -> nn.
     return model
 
 
-def tiny_t5_tokenizer(vocab_size: int = 120):
-    """A word-level T5-like tokenizer built locally (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2,
-    then "a", "photo", "of", ... and ``w<i>`` words); it appends ``</s>`` as T5's does."""
+def word_tokenizer(words: list[str], specials: dict[str, str], template: str, size: int | None = None,
+                   split_punctuation: bool = True):
+    """A word-level tokenizer built locally, for tests and the chapters' small models: the
+    special tokens first (``specials``' values, in order, each once), then ``words``, then
+    fillers ``w0``, ``w1``, ... up to ``size`` entries. ``template`` is what it wraps a text in
+    ("[CLS] $A [SEP]", "$A </s>"); ``specials`` names their roles (``pad_token="<pad>"``, ...)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<pad>", "</s>", "<unk>", "a", "photo", "of", "picture", "image", "showing", "an",
-             "Question:", "what", "is", "it?", "Short", "answer:"]
-    words += [f"w{i}" for i in range(vocab_size - 1 - len(words))]  # the last id stays free
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    entries = [*dict.fromkeys(specials.values()), *words]
+    entries += [f"w{i}" for i in range((size or 0) - len(entries))]
+    vocab = {w: i for i, w in enumerate(entries)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, vocab[t]) for t in dict.fromkeys(specials.values()) if t in template])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+
+
+def tiny_t5_tokenizer(vocab_size: int = 120):
+    """A word-level T5-like tokenizer (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, then "a", "photo",
+    "of", ... and ``w<i>`` words); it appends ``</s>`` as T5's does. Its last id stays free."""
+    words = ["a", "photo", "of", "picture", "image", "showing", "an", "Question:", "what", "is", "it?", "Short",
+             "answer:"]
+    return word_tokenizer(words, dict(pad_token="<pad>", eos_token="</s>", unk_token="<unk>"), "$A </s>",
+                          size=vocab_size - 1, split_punctuation=False)
 
 
 def synthetic_image(size: int = 224) -> np.ndarray:

@@ -15,30 +15,19 @@ import pytest
 import torch
 
 from hf_helpers import build
+from qformer_lite.testing import word_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def on_the_cpu(cell: str, replacements: dict) -> str:
-    """The cell with each key replaced by its value; each key must be in the cell, so that a
-    change of the cell cannot leave this test checking nothing."""
+def on_the_cpu(sources: list[str], replacements: dict, where: str) -> list[str]:
+    """The sources with each key replaced by its value wherever it occurs; each key must occur
+    somewhere, so that a change of the chapter cannot leave this test checking nothing."""
+    missing = [old for old in replacements if not any(old in src for src in sources)]
+    assert not missing, f"{where} no longer contains {missing}"
     for old, new in replacements.items():
-        assert old in cell, f"the GPU cell no longer contains {old!r}"
-        cell = cell.replace(old, new)
-    return cell
-
-
-def word_tokenizer(words, specials, template):
-    """A word-level tokenizer of the given words, padding with the first special token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate([*specials.values(), *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single=template, special_tokens=[(t, vocab[t]) for t in specials.values() if t in template])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+        sources = [src.replace(old, new) for src in sources]
+    return sources
 
 
 def processor_parts(cfg):
@@ -76,13 +65,9 @@ def run_in_a_kernel(chapter: str, replacements: dict, folder: Path):
     from nbclient import NotebookClient
 
     nb = nbformat.read(ROOT / "notebooks" / chapter, as_version=4)
-    seen = set()
-    for cell in nb.cells:
-        for old, new in replacements.items():
-            if cell.cell_type == "code" and old in cell.source:
-                cell.source = cell.source.replace(old, new)
-                seen.add(old)
-    assert seen == set(replacements), f"{chapter} no longer contains {sorted(set(replacements) - seen)}"
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    for cell, src in zip(code, on_the_cpu([cell.source for cell in code], replacements, chapter)):
+        cell.source = src
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
     return nb
 
@@ -120,18 +105,12 @@ def code_cells(chapter: str, *markers: str, edition: str = "") -> list[str]:
 def opt_tokenizer(vocab_size: int):
     """A word-level tokenizer laid out as OPT's ("<pad>" 1, "</s>" 2 and before every text,
     "\\n" a token of its own), its last id free for the processor's "<image>"."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import AddedToken
 
-    words = ["<unk>", "<pad>", "</s>", "a", "photo", "of"]
-    words += [f"w{i}" for i in range(vocab_size - 2 - len(words))]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", 2)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="</s>",
-                                   eos_token="</s>")
-    fast.add_tokens([AddedToken("\n", normalized=False)])
-    return fast
+    specials = dict(unk_token="<unk>", pad_token="<pad>", bos_token="</s>", eos_token="</s>")
+    tok = word_tokenizer(["a", "photo", "of"], specials, "</s> $A", size=vocab_size - 2)
+    tok.add_tokens([AddedToken("\n", normalized=False)])
+    return tok
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +134,12 @@ def tiny_blip2_opt(tmp_path_factory):
 def test_chapter_10s_gpu_cells_find_hfs_ids_in_float16(tiny_blip2_opt):
     cells = code_cells("10_decoder_only.ipynb", "from qformer_lite.hf import blip2_opt_from_hf", "FULL = ",
                        'names = ["astronaut"', "def hf_generate")
-    code = on_the_cpu("\n".join(cells), {
+    code, = on_the_cpu(["\n".join(cells)], {
         "FULL = HAS_GPU and hub_reachable()": "FULL = True",
         "torch.cuda.get_device_name()": "'a T4'",
         '"Salesforce/blip2-opt-2.7b"': repr(str(tiny_blip2_opt)),
         '"cuda"': '"cpu"',
-    })
+    }, "chapter 10's GPU cells")
     names, shown = {}, io.StringIO()
     with contextlib.redirect_stdout(shown):
         exec(compile(code, "chapter 10's GPU cells", "exec"), names)
@@ -197,11 +176,11 @@ def test_chapter_11s_gpu_cell_finds_hfs_ids_in_float16(tiny_instructblip, editio
 
     from qformer_lite.hf import instructblip_from_hf
 
-    cell = on_the_cpu(code_cells("11_instructblip.ipynb", "FULL = ", edition=edition)[0], {
+    cell, = on_the_cpu(code_cells("11_instructblip.ipynb", "FULL = ", edition=edition), {
         "torch.cuda.is_available() and hub_reachable()": "True",
         '"Salesforce/instructblip-flan-t5-xl"': repr(str(tiny_instructblip)),
         '"cuda"': '"cpu"',
-    })
+    }, "chapter 11's GPU cell")
     names = dict(torch=torch, socket=__import__("socket"), instructblip_from_hf=instructblip_from_hf,
                  InstructBlipForConditionalGeneration=InstructBlipForConditionalGeneration)
     printed = io.StringIO()
