@@ -73,6 +73,38 @@ def test_the_sweep_measures_each_variant_beside_the_defaults(tmp_path, capsys, m
     assert "stage1.optim.steps=3" in capsys.readouterr().out
 
 
+def test_the_sweep_runs_every_variant_with_each_seed_and_prints_their_means(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path / "cache"))
+    sweep = load("sweep_miniature")
+    out = tmp_path / "rows.json"
+    assert sweep.main(["--preset", "quick", "--cache", str(tmp_path / "cache"), "--json", str(out),
+                       "--seeds", "0,1", "stage2.optim.steps=3"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["variant"], r["seed"]) for r in rows] == [
+        ("defaults", 0), ("stage2.optim.steps=3", 0), ("defaults", 1), ("stage2.optim.steps=3", 1)]
+    assert rows[2]["t5_s"] is not None and rows[2]["stage1_s"] is not None  # seed 1 trains its own parts
+    assert rows[3]["t5_s"] is None and rows[3]["stage1_s"] is None  # and its variant reads them
+    printed = capsys.readouterr().out
+    means = printed.split("mean over seeds 0, 1:\n")[1].splitlines()
+    for name, line in zip(("defaults", "stage2.optim.steps=3"), means):
+        mine = [r for r in rows if r["variant"] == name]
+        exact = sum(r["exact_match"] for r in mine) / 2
+        assert line.startswith(name) and f"{exact:.1%}" in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0,1", "seed=3"], "a variant sets seed; with --seeds"),
+    (["--seeds", "0,x"], "seeds must be integers separated by commas, got '0,x'"),
+])
+def test_the_sweep_refuses_seeds_it_cannot_run(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("QFORMER_LITE_CACHE", str(tmp_path))
+    sweep = load("sweep_miniature")
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["--preset", "quick", "--cache", str(tmp_path), *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("variant, message", [
     ("stage1.optim.stepz=3", "OptimConfig has no setting 'stepz'; it has steps"),
     ("stage1=3", "MiniatureConfig.stage1 is a group of settings"),
