@@ -14,9 +14,9 @@ is read off these lines, never assumed.
 
     python benchmarks/sweep_miniature.py --seeds 0,1,2 stage1.optim.steps=300
 
-runs the defaults and every variant with each seed (``MiniatureConfig.seed``: the stand-ins,
-the initial weights, the batches), then prints each one's mean over the seeds: how far one
-seed's figures are from the settings' own.
+runs the defaults and every variant with each seed (``MiniatureConfig.seed``: the images drawn,
+the stand-ins, the initial weights, the batches; the held-out captions stay the same), then
+prints each one's mean over the seeds: how far one seed's figures are from the settings' own.
 """
 
 from __future__ import annotations
