@@ -297,7 +297,8 @@ def instructblip_from_hf(model_or_path, dtype: torch.dtype | None = None, device
     ``blip2_t5_from_hf`` does (T5's ``wo`` stays float32 in float16). HF keeps only the query
     tokens in float32 when it reads InstructBLIP in 16 bits, not the Q-Former: from a folder or
     an id with a 16-bit ``dtype``, the Q-Former's weights arrive rounded to float16 before they
-    are converted to float32. LAVIS computes its Q-Former under float16 autocast.
+    are converted to float32. LAVIS keeps its Q-Former's weights in float32 (its ViT in float16,
+    T5 in bfloat16).
     """
     from .instructblip import InstructBlipDecoder, InstructBlipT5
 
