@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         result = run(config, progress=False, evaluate_after=True)
         t, m = result.timings, result.metrics
-        row = {"variant": name, "seed": config.seed, "image_encoder_s": t["standins_image_encoder"], "t5_s": t["standins_language_model"],
+        row = {"variant": name, "seed": config.seed, "image_encoder_s": t["standins_image_encoder"],
+               "t5_s": t["standins_language_model"],
                "stage1_s": t["stage1"], "stage2_s": t["stage2"], "total_s": time.perf_counter() - start,
                "exact_match": m["caption_exact_match"], "recall_at_1": m["image_text_recall_at_1"],
                "recall_at_1_itm_rerank": m["image_text_recall_at_1_itm_rerank"]}
