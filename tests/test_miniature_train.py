@@ -176,6 +176,15 @@ def test_cached_stages_are_reused(setup):
     json.dumps(h2)  # histories are plain JSON
 
 
+def test_a_change_to_the_language_model_leaves_stage1_cached():
+    config = MiniatureConfig.quick()
+    other_t5 = config.from_dict({**config.to_dict(), "language": {**config.language.to_dict(), "d_ff": 48}})
+    assert cache.entry_for("stage1", other_t5) == cache.entry_for("stage1", config)
+    assert cache.entry_for("stage2", other_t5) != cache.entry_for("stage2", config)
+    other_qformer = config.from_dict({**config.to_dict(), "stage1": {"optim": {"steps": 7}}})
+    assert cache.entry_for("stage1", other_qformer) != cache.entry_for("stage1", config)
+
+
 def test_a_run_reads_both_stages_back_and_captions_through_captioner(setup):
     from qformer_lite.captioning import Captioner
     from qformer_lite.miniature.data import to_tensor
