@@ -936,28 +936,42 @@ def test_pooled_tokens_pass_and_each_mistake_gets_its_hint(capsys):
     fails_with(capsys, checks.check_pooled_tokens, fixed_kernel, words="does not divide")
 
 
-def _perceiver(attn, x, latents, keys="both", scale=True, norm=True):
-    if norm:
-        x, latents = attn.norm_media(x), attn.norm_latents(latents)
+def _perceiver(attn, x, latents, media_mask, how="fill", latents_masked=False):
+    x, latents = attn.norm_media(x), attn.norm_latents(latents)
     q = rearrange(attn.to_q(latents), "b m (h d) -> b h m d", h=attn.heads)
-    source = torch.cat([x, latents], dim=1) if keys == "both" else x
-    k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in attn.to_kv(source).chunk(2, dim=-1))
-    scores = q @ k.transpose(-2, -1) * (attn.scale if scale else 1.0)
-    return attn.to_out(rearrange(scores.softmax(dim=-1) @ v, "b h m d -> b m (h d)"))
+    kv = attn.to_kv(torch.cat([x, latents], dim=1))
+    k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in kv.chunk(2, dim=-1))
+    scores = q @ k.transpose(-2, -1) * attn.scale  # (B, H, M, N + M)
+    ones = torch.ones(latents.shape[:2], dtype=media_mask.dtype)
+    keep = torch.cat([media_mask, 0 * ones if latents_masked else ones], dim=1)[:, None, None, :].bool()
+    if how == "none":
+        probs = scores.softmax(dim=-1)
+    elif how == "multiply":
+        probs = (scores * keep).softmax(dim=-1)
+    elif how == "after":
+        probs = scores.softmax(dim=-1) * keep
+    else:
+        probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+    return attn.to_out(rearrange(probs @ v, "b h m d -> b m (h d)"))
 
 
-def test_perceiver_attention_passes_and_each_mistake_gets_its_hint(capsys):
-    assert run(capsys, checks.check_perceiver_attention, _perceiver)[0]
-    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: _perceiver(a, x, lat, keys="image"),
-               words="image alone")
-    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: _perceiver(a, x, lat, scale=False),
-               words="not scaled")
-    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: _perceiver(a, x, lat, norm=False),
-               words="not normalised")
-    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: lat, words="differs")
-    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: lat + _perceiver(a, x, lat),
-               words="residual")
-    fails_with(capsys, checks.check_perceiver_attention, lambda a, x, lat: x, words="(B, M, C)")
+def test_masked_perceiver_attention_passes_and_each_mistake_gets_its_hint(capsys):
+    assert run(capsys, checks.check_masked_perceiver_attention, _perceiver)[0]
+    fails_with(capsys, checks.check_masked_perceiver_attention,
+               lambda a, x, lat, m: _perceiver(a, x, lat, m, how="none"), words="still gets weight")
+    fails_with(capsys, checks.check_masked_perceiver_attention,
+               lambda a, x, lat, m: a(x, lat), words="still gets weight")
+    fails_with(capsys, checks.check_masked_perceiver_attention,
+               lambda a, x, lat, m: _perceiver(a, x, lat, m, how="multiply"), words="multiplied")
+    fails_with(capsys, checks.check_masked_perceiver_attention,
+               lambda a, x, lat, m: _perceiver(a, x, lat, m, how="after"), words="after the softmax")
+    fails_with(capsys, checks.check_masked_perceiver_attention,
+               lambda a, x, lat, m: _perceiver(a, x, lat, m, latents_masked=True),
+               words="latents' own keys")
+    fails_with(capsys, checks.check_masked_perceiver_attention,
+               lambda a, x, lat, m: lat + _perceiver(a, x, lat, m), words="differs")
+    fails_with(capsys, checks.check_masked_perceiver_attention,
+               lambda a, x, lat, m: x, words="(B, M, C)")
 
 
 def test_the_chapter_9_answers_follow_the_library():

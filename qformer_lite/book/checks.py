@@ -81,7 +81,7 @@ __all__ = [
     "check_precision_guard",
     # chapter 9
     "check_pooled_tokens",
-    "check_perceiver_attention",
+    "check_masked_perceiver_attention",
     # chapter 10
     "check_left_padding",
     "check_decoder_labels",
@@ -1786,10 +1786,11 @@ def check_pooled_tokens(fn: Callable) -> CheckResult:
 
 
 @_keeps_random_state
-def check_perceiver_attention(fn: Callable) -> CheckResult:
-    """``fn(attn, x, latents)`` -> (B, M, C): Flamingo's resampler attention written out with
-    the layers of ``attn`` (a ``connectors.PerceiverAttention``): both inputs normalised, the
-    queries from the latents, the keys and values from [x; latents]."""
+def check_masked_perceiver_attention(fn: Callable) -> CheckResult:
+    """``fn(attn, x, latents, media_mask)`` -> (B, M, C): Flamingo's resampler attention (a
+    ``connectors.PerceiverAttention``) on a batch whose images bring different numbers of
+    tokens, the padding masked: each image's result is ``attn`` on that image without its
+    padding. The latents' own keys are never masked, as in Idefics2's resampler."""
     from ..connectors import PerceiverAttention
 
     name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
@@ -1798,10 +1799,13 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
     with torch.no_grad():
         for p in attn.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    x, latents = torch.randn(2, 6, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    lengths = (6, 4, 2)
+    x, latents = torch.randn(3, 6, 8, generator=gen), torch.randn(3, 3, 8, generator=gen)
+    media_mask = (torch.arange(6) < torch.tensor(lengths)[:, None]).long()  # (B, N): 1 real, 0 padding
+    x = torch.where(media_mask[..., None].bool(), x, 3.0 + torch.randn(x.shape, generator=gen))  # loud padding
     with torch.no_grad():
-        expected = attn(x, latents)
-        failed, got = _call(name, fn, attn, x.clone(), latents.clone())
+        expected = torch.cat([attn(x[b:b + 1, :n], latents[b:b + 1]) for b, n in enumerate(lengths)])
+        failed, got = _call(name, fn, attn, x.clone(), latents.clone(), media_mask.clone())
     if failed is not None:
         return failed
     bad = _same_shape(name, got, expected, _tr("(B, M, C): one vector per latent",
@@ -1809,46 +1813,60 @@ def check_perceiver_attention(fn: Callable) -> CheckResult:
     if bad is not None:
         return bad
     if torch.allclose(got, expected, atol=1e-5):
-        return _say(True, _tr("the latents read the image and each other in one softmax: Flamingo's resampler step.",
-                              "潜在ベクトルが 1 つの softmax で、画像と互いを読んでいます。Flamingo の "
-                              "Perceiver リサンプラの 1 ステップです。"))
+        return _say(True, _tr("each image's latents read its real tokens and each other, never its padding: "
+                              "the result does not depend on how much padding the batch needed.",
+                              "各画像の潜在ベクトルは、その画像の本物のトークンと互いだけを読み、パディングは"
+                              "読みません。結果は、バッチに必要だったパディングの量によりません。"))
 
-    def variant(keys_of, scale=attn.scale, norm=True):
-        xs, ls = (attn.norm_media(x), attn.norm_latents(latents)) if norm else (x, latents)
+    def variant(keys_mask, how="fill"):
+        xs, ls = attn.norm_media(x), attn.norm_latents(latents)
         q = rearrange(attn.to_q(ls), "b m (h d) -> b h m d", h=attn.heads)
-        k, v = attn.to_kv(keys_of(xs, ls)).chunk(2, dim=-1)
-        k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in (k, v))
-        probs = (q @ k.transpose(-2, -1) * scale).softmax(dim=-1)
+        kv = attn.to_kv(torch.cat([xs, ls], dim=1))
+        k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in kv.chunk(2, dim=-1))
+        scores = q @ k.transpose(-2, -1) * attn.scale  # (B, H, M, N + M)
+        keep = keys_mask[:, None, None, :].bool()
+        if how == "multiply":
+            probs = (scores * keep).softmax(dim=-1)
+        elif how == "after":
+            probs = scores.softmax(dim=-1) * keep
+        else:
+            probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
         return attn.to_out(rearrange(probs @ v, "b h m d -> b m (h d)"))
 
+    ones = torch.ones(3, latents.shape[1], dtype=media_mask.dtype)
     with torch.no_grad():
-        image_only = variant(lambda xs, ls: xs)
-        unscaled = variant(lambda xs, ls: torch.cat([xs, ls], dim=1), scale=1.0)
-        unnormed = variant(lambda xs, ls: torch.cat([xs, ls], dim=1), norm=False)
-    if torch.allclose(got, image_only, atol=1e-5):
-        return _say(False, _tr("the keys and values come from the image alone. Hint: Flamingo's latents are keys "
-                               "and values too: to_kv(torch.cat([x, latents], dim=1)).",
-                               "キーとバリューが画像だけから作られています。ヒント：Flamingo では潜在ベクトルも"
-                               "キーとバリューになります。to_kv(torch.cat([x, latents], dim=1)) です。"))
-    if torch.allclose(got, unscaled, atol=1e-5):
-        return _say(False, _tr("the scores are not scaled. Hint: multiply q @ k^T by attn.scale, head_dim ** -0.5.",
-                               "スコアがスケーリングされていません。ヒント：q @ k^T に attn.scale"
-                               "（head_dim ** -0.5）を掛けましょう。"))
-    if torch.allclose(got, latents + expected, atol=1e-5):
-        return _say(False, _tr("the residual is added. Hint: return only what the attention adds, to_out(...); "
-                               "the resampler's layer adds the latents itself.",
-                               "残差が足されています。ヒント：アテンションが加える分、つまり to_out(...) だけを"
-                               "返しましょう。潜在ベクトルは、リサンプラの層が自分で足します。"))
-    if torch.allclose(got, unnormed, atol=1e-5):
-        return _say(False, _tr("the inputs are not normalised. Hint: attn.norm_media(x) and "
-                               "attn.norm_latents(latents) come first.",
-                               "入力が正規化されていません。ヒント：最初に attn.norm_media(x) と "
-                               "attn.norm_latents(latents) を適用します。"))
-    return _say(False, _tr("the output differs from PerceiverAttention's. Hint: queries from the normalised latents, "
-                           "keys and values from [x; latents], heads split as 'b n (h d) -> b h n d', to_out last.",
-                           "出力が PerceiverAttention のものと違います。ヒント：クエリは正規化した潜在ベクトル"
-                           "から、キーとバリューは [x; latents] から作ります。ヘッドは 'b n (h d) -> b h n d' で"
-                           "分け、最後に to_out を適用します。"))
+        unmasked = attn(x, latents)
+        multiplied = variant(torch.cat([media_mask, ones], dim=1), how="multiply")
+        after = variant(torch.cat([media_mask, ones], dim=1), how="after")
+        latents_hidden = variant(torch.cat([media_mask, 0 * ones], dim=1))
+    if torch.allclose(got, unmasked, atol=1e-5):
+        return _say(False, _tr("the padding still gets weight: this is attn(x, latents) on the padded batch. Hint: "
+                               "set the scores of padded keys to -inf before the softmax.",
+                               "パディングにまだ重みが付いています。パディングしたバッチに attn(x, latents) を"
+                               "適用した結果と同じです。ヒント：softmax の前に、パディングのキーのスコアを "
+                               "-inf にしましょう。"))
+    if torch.allclose(got, multiplied, atol=1e-5):
+        return _say(False, _tr("the scores were multiplied by the mask: a score of 0 still gets exp(0) = 1 in the "
+                               "softmax. Hint: scores.masked_fill(~keep, float('-inf')).",
+                               "スコアにマスクを掛けています。スコア 0 も、softmax では exp(0) = 1 の重みを"
+                               "得ます。ヒント：scores.masked_fill(~keep, float('-inf')) です。"))
+    if torch.allclose(got, after, atol=1e-5):
+        return _say(False, _tr("the mask was applied after the softmax: the weights left no longer sum to 1. "
+                               "Hint: mask the scores, then take the softmax.",
+                               "マスクを softmax の後に掛けています。残った重みの和が 1 になりません。"
+                               "ヒント：スコアをマスクしてから softmax を取りましょう。"))
+    if torch.allclose(got, latents_hidden, atol=1e-5):
+        return _say(False, _tr("the latents' own keys were masked too. Hint: the latents are never padding: "
+                               "extend media_mask with ones for them, torch.cat([media_mask, ones], dim=1).",
+                               "潜在ベクトル自身のキーまでマスクしています。ヒント：潜在ベクトルはパディングでは"
+                               "ありません。torch.cat([media_mask, ones], dim=1) のように、潜在ベクトルの分は "
+                               "1 で延ばしましょう。"))
+    return _say(False, _tr("the output differs from attn on each image without its padding. Hint: the attention "
+                           "of the cell that builds the resampler, with the keys [x; latents] masked by "
+                           "[media_mask; ones] before the softmax.",
+                           "出力が、パディングを除いた各画像に attn を適用した結果と違います。ヒント：リサンプラを"
+                           "組み立てたセルのアテンションで、キー [x; latents] を、softmax の前に "
+                           "[media_mask; ones] でマスクします。"))
 
 
 # --- chapter 10 ------------------------------------------------------------------------------
