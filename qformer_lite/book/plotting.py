@@ -757,7 +757,7 @@ def connector_tradeoff(rows: Sequence[Mapping], title: str = "Connectors on one 
     solid, exact match dashed) and the T5 encoder's time per batch (right). ``rows`` as
     ``miniature.compare.compare`` returns them; a kind with several M is a line, one with a
     single M a point."""
-    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.7))
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
     for kind in kinds:
         mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["M"])
@@ -773,9 +773,11 @@ def connector_tradeoff(rows: Sequence[Mapping], title: str = "Connectors on one 
     axes[0].set_ylabel("held-out: slots (—), exact (--)")
     axes[0].set_ylim(0, 1.02)
     axes[1].set_ylabel("T5 encoder, ms per batch")
-    axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    # one legend for both panels, below them: inside a panel it would cover a measured point
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=len(kinds), loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
