@@ -1048,16 +1048,46 @@ def test_the_chapter_10_answers_follow_the_library():
 
 # --- chapter 11 ------------------------------------------------------------------------------
 
-def test_instruction_queries_pass_and_each_mistake_gets_its_hint(capsys):
+def _read_batch(qformer, image_embeds, instructions, side="right", masked=True, mode="itm"):
+    longest = max(len(ids) for ids in instructions)
+    pads = [ids.new_zeros(longest - len(ids)) for ids in instructions]
+    ids = torch.stack([torch.cat([i, p] if side == "right" else [p, i]) for i, p in zip(instructions, pads)])
+    mask = (ids != 0).long() if masked else torch.ones_like(ids)
+    return qformer(image_embeds, ids, mask, mode=mode).query_output
+
+
+def test_instruction_batch_passes_and_each_mistake_gets_its_hint(capsys):
+    assert run(capsys, checks.check_instruction_batch, _read_batch)[0]
+    for mode in ("itc", "itg"):
+        fails_with(capsys, checks.check_instruction_batch, lambda q, x, i: _read_batch(q, x, i, mode=mode),
+                   words="did not read the instruction")
+    fails_with(capsys, checks.check_instruction_batch, lambda q, x, i: q(x).query_output,
+               words="did not read the instruction")
+    fails_with(capsys, checks.check_instruction_batch, lambda q, x, i: _read_batch(q, x, i, masked=False),
+               words="read the padding")
+    fails_with(capsys, checks.check_instruction_batch, lambda q, x, i: _read_batch(q, x, i, side="left"),
+               words="on the left")
+    fails_with(capsys, checks.check_instruction_batch,
+               lambda q, x, i: _read_batch(q, x, i) + 1, words="differ")
+    fails_with(capsys, checks.check_instruction_batch,
+               lambda q, x, i: q(x, torch.nn.utils.rnn.pad_sequence(i, batch_first=True), mode="itm").last_hidden_state,
+               words="only the queries")
+
+
+def test_the_chapter_11_answers_follow_the_library():
+    """InstructBLIP's instruction lengthens the Q-Former's sequence, not what the language model reads."""
     from qformer_lite.instructblip import instruction_queries
 
-    assert run(capsys, checks.check_instruction_queries, instruction_queries)[0]
-    assert run(capsys, checks.check_instruction_queries, lambda q, x, i, m: q(x, i, m, mode="itm").query_output)[0]
-    for wrong in (lambda q, x, i, m: q(x).query_output, lambda q, x, i, m: q(x, i, m, mode="itc").query_output,
-                  lambda q, x, i, m: q(x, i, m, mode="itg").query_output):
-        fails_with(capsys, checks.check_instruction_queries, wrong, words="did not read the instruction")
-    fails_with(capsys, checks.check_instruction_queries, lambda q, x, i, m: q(x, i, m, mode="itm").last_hidden_state,
-               words="only the queries")
+    config = QFormerConfig.tiny()
+    qformer = QFormer(config).eval()
+    image, ids = torch.randn(1, 5, config.encoder_hidden_size), torch.randint(1, 100, (1, 12))
+    with torch.no_grad():
+        read = instruction_queries(qformer, image, ids, torch.ones_like(ids))
+        blind = qformer(image)
+    grown = read.last_hidden_state.shape[1] - blind.last_hidden_state.shape[1]
+    assert grown == checks.ANSWERS["instructblip_extra_qformer_positions"][0] == 12
+    handed_on = read.query_output.shape[1] - blind.query_output.shape[1]  # the soft prompt's length
+    assert handed_on == checks.ANSWERS["instructblip_extra_t5_positions"][0] == 0
 
 
 # --- chapter 12 ------------------------------------------------------------------------------

@@ -94,12 +94,6 @@ def _safe(lm):
     return all(p.dtype != torch.float16 for n, p in lm.named_parameters() if n.endswith(".wo.weight"))
 
 
-def _instruction_queries(qformer, image, ids, mask):
-    from qformer_lite.instructblip import instruction_queries
-
-    return instruction_queries(qformer, image, ids, mask)
-
-
 # checker -> (the arguments of a right answer, those of a wrong one)
 ANSWERS_OF = {
     "check_answer": (("images_in_2048_queries", 64), ("images_in_2048_queries", 65)),
@@ -129,7 +123,7 @@ ANSWERS_OF = {
                                          (lambda a, x, lat, m: en._perceiver(a, x, lat, m, how="multiply"),)),
     "check_left_padding": ((en._left_pad,), (lambda e, m: (e.flip(1), m.flip(1)),)),
     "check_decoder_labels": ((en._labels,), (lambda *a: en._labels(*a, queries=False),)),
-    "check_instruction_queries": ((_instruction_queries,), (lambda q, x, i, m: q(x).query_output,)),
+    "check_instruction_batch": ((en._read_batch,), (lambda q, x, i: en._read_batch(q, x, i, side="left"),)),
     "check_frame_positions": ((en._with_positions,), (lambda x, t: x.flatten(1, 2),)),
 }
 

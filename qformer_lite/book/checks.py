@@ -86,7 +86,7 @@ __all__ = [
     "check_left_padding",
     "check_decoder_labels",
     # chapter 11
-    "check_instruction_queries",
+    "check_instruction_batch",
     # chapter 12
     "check_frame_positions",
 ]
@@ -557,6 +557,21 @@ _ANSWERS: dict[str, tuple[Any, tuple[str, str]]] = {
          "代役のモデルが読むものを数えましょう。</s>、<ImageHere> より前の語 (###Human: <Img>)、"
          "<ImageHere> の位置に入るクエリ 1 つにつき 1 つのベクトル、そしてその後ろの ###Assistant: "
          "までの語です。"),
+    ),
+    # chapter 11
+    "instructblip_extra_t5_positions": (
+        0,
+        ("Only the Q-Former's 32 query outputs go on to T5, whatever it read beside them; T5 reads "
+         "the question in its own tokens in both models.",
+         "Q-Former から T5 に渡るのは、横で何を読んだかによらず、32 個のクエリの出力だけです。T5 は、"
+         "どちらのモデルでも、質問を自分のトークンで読みます。"),
+    ),
+    "instructblip_extra_qformer_positions": (
+        12,
+        ("BLIP-2's Q-Former reads its 32 queries alone; InstructBLIP's reads the question's 12 "
+         "tokens after them.",
+         "BLIP-2 の Q-Former は 32 個のクエリだけを読みます。InstructBLIP の Q-Former は、その後ろに"
+         "質問の 12 個のトークンも読みます。"),
     ),
     # chapter 12
     "video_tokens_concat": (
@@ -1983,10 +1998,11 @@ def check_decoder_labels(fn: Callable) -> CheckResult:
 # --- chapter 11 ------------------------------------------------------------------------------
 
 @_keeps_random_state
-def check_instruction_queries(fn: Callable) -> CheckResult:
-    """``fn(qformer, image_embeds, ids, mask)`` -> (B, Q, D): the query outputs of one Q-Former
-    pass over [queries; instruction] under ITM's bi-directional mask, as InstructBLIP reads
-    its instruction."""
+def check_instruction_batch(fn: Callable) -> CheckResult:
+    """``fn(qformer, image_embeds, instructions)`` -> (B, Q, D): InstructBLIP's query outputs
+    for a batch of instructions of different lengths (a list of 1-D id tensors, unpadded),
+    each row what the Q-Former gives for that image and instruction alone: padded on the
+    right (the text's positions count from its first token) and masked."""
     from ..qformer import QFormer
 
     name = getattr(fn, "__name__", _tr("your function", "あなたの関数"))
@@ -1995,39 +2011,63 @@ def check_instruction_queries(fn: Callable) -> CheckResult:
         torch.manual_seed(0)
         qformer = QFormer(config).eval()
     gen = torch.Generator().manual_seed(1)
-    image = torch.randn(2, 5, config.encoder_hidden_size, generator=gen)
-    ids = torch.randint(1, config.vocab_size, (2, 4), generator=gen)
-    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    lengths = (4, 2, 3)
+    image = torch.randn(len(lengths), 5, config.encoder_hidden_size, generator=gen)
+    instructions = [torch.randint(1, config.vocab_size, (n,), generator=gen) for n in lengths]
     with torch.no_grad():
-        expected = qformer(image, ids, mask, mode="itm").query_output
-        failed, got = _call(name, fn, qformer, image.clone(), ids.clone(), mask.clone())
+        expected = torch.cat([qformer(image[b:b + 1], ids[None], torch.ones(1, len(ids), dtype=torch.long),
+                                      mode="itm").query_output for b, ids in enumerate(instructions)])
+        failed, got = _call(name, fn, qformer, image.clone(), [ids.clone() for ids in instructions])
     if failed is not None:
         return failed
     got = getattr(got, "query_output", got)
-    if isinstance(got, torch.Tensor) and got.dim() == 3 and got.shape[1] == config.num_query_tokens + 4:
+    longest = max(lengths)
+    if isinstance(got, torch.Tensor) and got.dim() == 3 and got.shape[1] == config.num_query_tokens + longest:
         return _say(False, _tr("that is [queries; instruction]: only the queries go on to the language model. "
                                "Hint: keep the first Q positions (out.query_output).",
                                "それは [queries; instruction] 全体です。言語モデルに渡るのはクエリだけです。"
                                "ヒント：最初の Q 個の位置（out.query_output）だけを残しましょう。"))
-    bad = _same_shape(name, got, expected, "(B, Q, D)")
+    bad = _same_shape(name, got, expected, _tr("(B, Q, D): one row of query outputs per instruction",
+                                                "(B, Q, D)（指示文 1 つにつき、クエリの出力 1 組）"))
     if bad is not None:
         return bad
+    if torch.allclose(got, expected, atol=1e-5):
+        return _say(True, _tr("each image's queries read its own instruction and nothing of the padding: every row "
+                              "is what that instruction gives alone.",
+                              "各画像のクエリが、自分の指示文だけを読み、パディングは読んでいません。どの行も、"
+                              "その指示文を単独で読んだ結果と同じです。"))
+    pad = [longest - n for n in lengths]
+    right = torch.stack([torch.cat([ids, ids.new_zeros(p)]) for ids, p in zip(instructions, pad)])  # (B, T)
+    left = torch.stack([torch.cat([ids.new_zeros(p), ids]) for ids, p in zip(instructions, pad)])
+    mask_right, mask_left = (right != 0).long(), (left != 0).long()
     with torch.no_grad():
         alone = qformer(image).query_output
-    if torch.allclose(got, alone, atol=1e-5):
-        return _say(False, _tr("the queries did not read the instruction: it was left out, or the mask ('itc', "
-                               "'itg') keeps the queries from the text. Hint: the queries and the instruction must "
-                               "read each other both ways.",
-                               "クエリが指示文を読んでいません。指示文を渡していないか、マスク（'itc'、'itg'）"
-                               "がクエリからテキストを隠しています。ヒント：クエリと指示文は、互いを双方向に読む"
-                               "必要があります。"))
-    if not torch.allclose(got, expected, atol=1e-5):
-        return _say(False, _tr("the values differ from the Q-Former's pass over [queries; instruction] with "
-                               "ITM's mask.",
-                               "値が、ITM のマスクで [queries; instruction] を Q-Former に通した結果と違います。"))
-    return _say(True, _tr("the queries read the image for the instruction: ITM's pass, the query outputs read out.",
-                          "クエリが指示文に合わせて画像を読んでいます。ITM のパスを通し、クエリの出力を取り出し"
-                          "ました。"))
+        unmasked = qformer(image, right, torch.ones_like(right), mode="itm").query_output
+        left_padded = qformer(image, left, mask_left, mode="itm").query_output
+        causal = qformer(image, right, mask_right, mode="itg").query_output
+    if torch.allclose(got, alone, atol=1e-5) or torch.allclose(got, causal, atol=1e-5):
+        return _say(False, _tr("the queries did not read the instruction: it was left out, or the mode ('itc', "
+                               "'itg') keeps the queries from the text. Hint: mode='itm', where the queries and the "
+                               "instruction read each other both ways.",
+                               "クエリが指示文を読んでいません。指示文を渡していないか、モード（'itc'、'itg'）"
+                               "がクエリからテキストを隠しています。ヒント：クエリと指示文が互いを双方向に読む "
+                               "mode='itm' を使いましょう。"))
+    if torch.allclose(got, unmasked, atol=1e-5):
+        return _say(False, _tr("the queries read the padding: the mask is all ones. Hint: pass a mask with 0 "
+                               "where the padding is, (ids != pad).long().",
+                               "クエリがパディングを読んでいます。マスクがすべて 1 です。ヒント：パディングの"
+                               "位置を 0 にしたマスク、(ids != pad).long() を渡しましょう。"))
+    if torch.allclose(got, left_padded, atol=1e-5):
+        return _say(False, _tr("the padding is on the left: the masked positions are not read, but the real tokens "
+                               "moved to later positions, and the Q-Former's text positions count from the first "
+                               "token. Hint: pad on the right (a decoder-only LLM, chapter 10, wants the left).",
+                               "パディングが左にあります。マスクした位置は読まれませんが、本物のトークンが後ろの"
+                               "位置にずれます。Q-Former のテキストの位置は、最初のトークンから数えます。ヒント："
+                               "右にパディングしましょう（左が必要なのは、10 章のデコーダのみの LLM です）。"))
+    return _say(False, _tr("the values differ from each instruction read alone. Hint: pad the instructions on the "
+                           "right to one length, mask the padding, then one pass with mode='itm'.",
+                           "値が、各指示文を単独で読んだ結果と違います。ヒント：指示文を右側のパディングで同じ長さに"
+                           "そろえ、パディングをマスクしてから、mode='itm' で 1 回通しましょう。"))
 
 
 @_keeps_random_state
