@@ -114,6 +114,17 @@ def test_patch_attention_titles_and_one_colour_bar():
     assert len(fig.axes) == 2 and all("max" not in ax.get_title() for ax in fig.axes)
 
 
+def test_patch_attention_can_show_the_image_first_in_its_own_colours():
+    img = synthetic_image()
+    fig = plotting.patch_attention(img, torch.rand(2, 257).softmax(-1), titles=["a", "b"], cols=3,
+                                   scale="shared", image_title="the image")
+    shown = panels(fig)
+    assert [ax.get_title().split("\n")[0] for ax in shown] == ["the image", "a", "b"]
+    first = shown[0].get_images()
+    assert len(first) == 1 and np.array_equal(first[0].get_array(), img)  # the pixels, not a heat map
+    assert all(len(ax.get_images()) == 2 for ax in shown[1:])  # heat map + outlines
+
+
 @pytest.mark.parametrize("m, cols, colorbar", [(4, 4, True), (4, 2, True), (32, 8, False), (32, 8, True), (1, 4, True)])
 def test_patch_attention_fits_the_page_with_readable_titles(m, cols, colorbar):
     fig = plotting.patch_attention(synthetic_image(), torch.rand(m, 257).softmax(-1), cols=cols,

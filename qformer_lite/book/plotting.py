@@ -337,6 +337,7 @@ def patch_attention(
     width: float = PAGE_WIDTH,
     outline: bool = True,
     fontsize: float = 9,
+    image_title: str | None = None,
 ):
     """Each row of ``attention`` (M, N) drawn as a heat map on the image's patch grid.
 
@@ -355,7 +356,8 @@ def patch_attention(
     100 dpi, with the saved margin) whatever
     ``cols`` is; text is ``fontsize`` points. ``swatches[i]``: RGB colours (in [0, 1]) drawn
     as small squares in panel i's corner, e.g. the colour a query asks for and the colour it
-    reads; ``swatch_labels`` names them, top to bottom.
+    reads; ``swatch_labels`` names them, top to bottom. ``image_title``: a first panel with
+    that title shows the image itself, whose colours the heat maps hide.
     """
     if scale not in ("panel", "shared"):
         raise ValueError(f"scale must be 'panel' or 'shared', got {scale!r}")
@@ -369,8 +371,9 @@ def patch_attention(
         raise ValueError(f"attention must be (M, {expected}) for a {img.shape[0]}-px image in {patch_size}-px "
                          f"patches{' plus [CLS]' if has_cls else ''}; got shape {a.shape}")
     m = a.shape[0]
-    cols = min(cols, m)
-    rows = math.ceil(m / cols)
+    first = int(image_title is not None)  # the panels before the heat maps
+    cols = min(cols, m + first)
+    rows = math.ceil((m + first) / cols)
     cls_weights = a[:, 0] if has_cls else None
     heats = (a[:, 1:] if has_cls else a).reshape(m, grid, grid)
     tops = np.maximum(heats.reshape(m, -1).max(axis=1), 1e-12)  # each panel's largest patch weight
@@ -390,8 +393,13 @@ def patch_attention(
     extent = (-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5)
     edges = region_outline(img) if outline else None
     mappable = None
-    for i, ax in enumerate(axes.flat):
+    for k, ax in enumerate(axes.flat):
         ax.axis("off")
+        if first and k == 0:
+            ax.imshow(img, extent=extent, interpolation="nearest")
+            ax.set_title(image_title + ("\n" if title_lines > 1 else ""), fontsize=fontsize)
+            continue
+        i = k - first
         if i >= m:
             continue
         mappable = ax.imshow(shown[i], cmap="inferno", vmin=0.0, vmax=vmax, extent=extent,
@@ -401,13 +409,13 @@ def patch_attention(
             lines[edges] = (1.0, 1.0, 1.0, 0.85)
             ax.imshow(lines, extent=extent, interpolation="nearest")
         if swatches is not None:
-            for k, rgb in enumerate(swatches[i]):
-                y = 0.84 - 0.17 * k
+            for j, rgb in enumerate(swatches[i]):
+                y = 0.84 - 0.17 * j
                 ax.add_patch(Rectangle((0.04, y), 0.13, 0.13, transform=ax.transAxes,
                                        facecolor=np.clip(np.asarray(rgb, dtype=float), 0, 1),
                                        edgecolor="white", lw=1.2))
-                if swatch_labels is not None and k < len(swatch_labels):
-                    ax.text(0.2, y + 0.065, swatch_labels[k], transform=ax.transAxes, ha="left",
+                if swatch_labels is not None and j < len(swatch_labels):
+                    ax.text(0.2, y + 0.065, swatch_labels[j], transform=ax.transAxes, ha="left",
                             va="center", fontsize=fontsize, color="white",
                             bbox=dict(facecolor="black", alpha=0.55, pad=1.0, lw=0))
         title = titles[i] if titles is not None else f"query {i}"
