@@ -970,6 +970,11 @@ def test_masked_perceiver_attention_passes_and_each_mistake_gets_its_hint(capsys
                words="latents' own keys")
     fails_with(capsys, checks.check_masked_perceiver_attention,
                lambda a, x, lat, m: lat + _perceiver(a, x, lat, m), words="differs")
+
+    def first_tokens(a, x, lat, m):  # right only where the padding comes last
+        return torch.cat([a(x[b:b + 1, :int(m[b].sum())], lat[b:b + 1]) for b in range(len(x))])
+
+    fails_with(capsys, checks.check_masked_perceiver_attention, first_tokens, words="differs")
     fails_with(capsys, checks.check_masked_perceiver_attention,
                lambda a, x, lat, m: x, words="(B, M, C)")
 

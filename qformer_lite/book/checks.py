@@ -562,16 +562,16 @@ _ANSWERS: dict[str, tuple[Any, tuple[str, str]]] = {
     "instructblip_extra_t5_positions": (
         0,
         ("Only the Q-Former's 32 query outputs go on to T5, whatever it read beside them; T5 reads "
-         "the question in its own tokens in both models.",
+         "the prompt in its own tokens in both models.",
          "Q-Former から T5 に渡るのは、横で何を読んだかによらず、32 個のクエリの出力だけです。T5 は、"
-         "どちらのモデルでも、質問を自分のトークンで読みます。"),
+         "どちらのモデルでも、プロンプトを自分のトークンで読みます。"),
     ),
     "instructblip_extra_qformer_positions": (
         12,
-        ("BLIP-2's Q-Former reads its 32 queries alone; InstructBLIP's reads the question's 12 "
-         "tokens after them.",
+        ("BLIP-2's Q-Former reads its 32 queries alone; InstructBLIP's reads the prompt's 12 ids "
+         "after them.",
          "BLIP-2 の Q-Former は 32 個のクエリだけを読みます。InstructBLIP の Q-Former は、その後ろに"
-         "質問の 12 個のトークンも読みます。"),
+         "プロンプトの 12 個の ID も読みます。"),
     ),
     # chapter 12
     "video_tokens_concat": (
@@ -1814,12 +1814,13 @@ def check_masked_perceiver_attention(fn: Callable) -> CheckResult:
     with torch.no_grad():
         for p in attn.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    lengths = (6, 4, 2)
     x, latents = torch.randn(3, 6, 8, generator=gen), torch.randn(3, 3, 8, generator=gen)
-    media_mask = (torch.arange(6) < torch.tensor(lengths)[:, None]).long()  # (B, N): 1 real, 0 padding
+    # (B, N): 1 real, 0 padding. The last row is a 2 x 2 grid padded to 2 x 3 and flattened, as
+    # Idefics2's patch masks are: its padding sits in the middle of the sequence, not only at the end
+    media_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 0, 1, 1, 0]])
     x = torch.where(media_mask[..., None].bool(), x, 3.0 + torch.randn(x.shape, generator=gen))  # loud padding
     with torch.no_grad():
-        expected = torch.cat([attn(x[b:b + 1, :n], latents[b:b + 1]) for b, n in enumerate(lengths)])
+        expected = torch.cat([attn(x[b:b + 1, media_mask[b].bool()], latents[b:b + 1]) for b in range(3)])
         failed, got = _call(name, fn, attn, x.clone(), latents.clone(), media_mask.clone())
     if failed is not None:
         return failed
