@@ -134,6 +134,14 @@ def test_nothing_sets_mplbackend():
             assert "MPLBACKEND" not in path.read_text(), path
 
 
+def test_the_makefiles_longest_chapters_exist():
+    # make test starts these first (see the Makefile): a renamed chapter would silently drop
+    # out of the list and might then wait at the end of a worker's queue
+    line = next(l for l in (ROOT / "Makefile").read_text().splitlines() if l.startswith("LONGEST"))
+    names = line.split(":=")[1].split()
+    assert len(names) == 2 and all((ROOT / "notebooks" / name).is_file() for name in names), names
+
+
 # --- the table of contents --------------------------------------------------------------------
 
 def test_every_toc_entry_exists():
