@@ -1834,27 +1834,24 @@ def check_masked_perceiver_attention(fn: Callable) -> CheckResult:
                               "各画像の潜在ベクトルは、その画像の本物のトークンと互いだけを読み、パディングは"
                               "読みません。結果は、バッチに必要だったパディングの量によりません。"))
 
-    def variant(keys_mask, how="fill"):
+    # the usual mistakes, each from the same scores of queries (latents) against keys [x; latents]
+    with torch.no_grad():
         xs, ls = attn.norm_media(x), attn.norm_latents(latents)
         q = rearrange(attn.to_q(ls), "b m (h d) -> b h m d", h=attn.heads)
         kv = attn.to_kv(torch.cat([xs, ls], dim=1))
         k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in kv.chunk(2, dim=-1))
         scores = q @ k.transpose(-2, -1) * attn.scale  # (B, H, M, N + M)
-        keep = keys_mask[:, None, None, :].bool()
-        if how == "multiply":
-            probs = (scores * keep).softmax(dim=-1)
-        elif how == "after":
-            probs = scores.softmax(dim=-1) * keep
-        else:
-            probs = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
-        return attn.to_out(rearrange(probs @ v, "b h m d -> b m (h d)"))
+        ones = torch.ones(len(x), latents.shape[1], dtype=torch.bool)
+        keep = torch.cat([media_mask.bool(), ones], dim=1)[:, None, None, :]  # (B, 1, 1, N + M)
+        keep_no_latents = torch.cat([media_mask.bool(), ~ones], dim=1)[:, None, None, :]
 
-    ones = torch.ones(3, latents.shape[1], dtype=media_mask.dtype)
-    with torch.no_grad():
+        def out(probs):
+            return attn.to_out(rearrange(probs @ v, "b h m d -> b m (h d)"))
+
         unmasked = attn(x, latents)
-        multiplied = variant(torch.cat([media_mask, ones], dim=1), how="multiply")
-        after = variant(torch.cat([media_mask, ones], dim=1), how="after")
-        latents_hidden = variant(torch.cat([media_mask, 0 * ones], dim=1))
+        multiplied = out((scores * keep).softmax(dim=-1))
+        after = out(scores.softmax(dim=-1) * keep)
+        latents_hidden = out(scores.masked_fill(~keep_no_latents, float("-inf")).softmax(dim=-1))
     if torch.allclose(got, unmasked, atol=1e-5):
         return _say(False, _tr("the padding still gets weight: this is attn(x, latents) on the padded batch. Hint: "
                                "set the scores of padded keys to -inf before the softmax.",
