@@ -12,7 +12,7 @@ from qformer_lite.miniature.data import ShapesDataset
 from qformer_lite.miniature.evaluate import exact_match, generate_captions, retrieval
 from qformer_lite.miniature.standins import encode_images, load_standins
 from qformer_lite.miniature.train import CaptionBatches, cached_stage1, cached_stage2, train_stage1, train_stage2
-from qformer_lite.miniature.trainer import OptimConfig
+from qformer_lite.miniature.trainer import OptimConfig, fit, lr_at
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,34 @@ def test_stage1_is_deterministic_by_seed(setup):
     assert h1 == h2
     assert h1["loss"] != h3["loss"]
     assert set(h1) == {"loss", "itc", "itm", "itg"} and len(h1["loss"]) == config.stage1.optim.steps
+
+
+def test_stage1_stopped_early_is_the_start_of_the_full_run(setup):
+    config, standins, features, *_ = setup
+    captions, tok = standins.train_pool.captions, standins.tokenizer
+    _, full = train_stage1(config, features, captions, tok, progress=False)
+    _, first = train_stage1(config, features, captions, tok, progress=False, stop_after=3)
+    assert first == {name: values[:3] for name, values in full.items()}
+
+
+def test_fit_stopped_early_keeps_the_full_schedule():
+    optim = OptimConfig(steps=10, batch_size=1, lr=0.5, warmup_steps=4, weight_decay=0.0)
+    weight = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    before, done = [], []
+
+    def step(_):
+        before.append(weight.item())
+        return {"loss": weight}  # a constant gradient: each Adam step moves the weight by its lr
+
+    history = fit([weight], optim, step, "toy", progress=False, callback=done.append, callback_every=100,
+                  stop_after=6)
+    moved = [a - b for a, b in zip(before, before[1:] + [weight.item()])]
+    assert len(history["loss"]) == 6 and done == [6]
+    assert moved == pytest.approx([lr_at(i, 10, 0.5, 4) for i in range(6)], rel=1e-6)
+    assert moved[5] != pytest.approx(lr_at(5, 6, 0.5, 4))  # step 5 of 10, not the last of 6
+    for bad in (0, 11, 2.5, True):
+        with pytest.raises(ValueError, match=r"stop_after must be an integer from 1 to optim.steps = 10"):
+            fit([weight], optim, step, "toy", progress=False, stop_after=bad)
 
 
 def test_stage2_is_deterministic_by_seed(setup):

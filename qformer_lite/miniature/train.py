@@ -75,12 +75,13 @@ class CaptionBatches:
 
 def train_stage1(
     config: MiniatureConfig, features: torch.Tensor, captions: list[str], tokenizer: CaptionTokenizer,
-    progress: bool = True, callback=None, callback_every: int = 100,
+    progress: bool = True, callback=None, callback_every: int = 100, stop_after: int | None = None,
 ) -> tuple[QFormerPretraining, dict[str, list[float]]]:
     """Stage 1: the Q-Former learns to pull out of the frozen image features what the text says.
 
     Returns the model and its loss history: ``{"loss", "itc", "itm", "itg"}``, one value per step.
     ``callback(step, model)``, if given, runs every ``callback_every`` steps (e.g. to measure recall).
+    ``stop_after``: only the first steps of the run (``trainer.fit``).
     """
     stage = config.stage1
     with seeded(config.seed + 1):
@@ -100,7 +101,7 @@ def train_stage1(
         model.train()
 
     history = fit(model.parameters(), stage.optim, step, "stage 1", progress,
-                  report if callback is not None else None, callback_every)
+                  report if callback is not None else None, callback_every, stop_after)
     return model.eval(), history
 
 

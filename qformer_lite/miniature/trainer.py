@@ -51,16 +51,23 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -
 def fit(
     params: Iterable[nn.Parameter], optim: OptimConfig, step: Callable[[int], dict[str, torch.Tensor]],
     desc: str, progress: bool = True, callback: Callable[[int], None] | None = None, callback_every: int = 100,
+    stop_after: int | None = None,
 ) -> dict[str, list[float]]:
     """Train the parameters that require grad for ``optim.steps`` steps.
 
     ``step(i)`` draws batch ``i`` and returns its losses by name: ``"loss"`` is minimised, every
     entry is recorded. Returns the history, one list per name. ``callback(i)``, if given, runs
-    after every ``callback_every`` steps and after the last (``i`` steps done).
+    after every ``callback_every`` steps and after the last (``i`` steps done). ``stop_after``:
+    run only the first steps of that same run, its schedule still spanning ``optim.steps``
+    (to compare a loop written out by hand with the first steps of the library's).
     """
+    if stop_after is None:
+        stop_after = optim.steps
+    elif isinstance(stop_after, bool) or not isinstance(stop_after, int) or not 1 <= stop_after <= optim.steps:
+        raise ValueError(f"stop_after must be an integer from 1 to optim.steps = {optim.steps}, got {stop_after!r}")
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
     history: dict[str, list[float]] = {}
-    bar = tqdm(range(optim.steps), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(stop_after), desc=desc, disable=not progress, leave=False)
     for i in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(i, optim.steps, optim.lr, optim.warmup_steps)
@@ -72,7 +79,7 @@ def fit(
             history.setdefault(name, []).append(value.item())
         if i % 20 == 0:
             bar.set_postfix({name: f"{values[-1]:.3f}" for name, values in history.items()})
-        if callback is not None and ((i + 1) % callback_every == 0 or i + 1 == optim.steps):
+        if callback is not None and ((i + 1) % callback_every == 0 or i + 1 == stop_after):
             callback(i + 1)
     return history
 
